@@ -1,0 +1,190 @@
+"""The Faust application: the ``faust.App``, its topics (SPEC §3) and the emit helper.
+
+Partition counts follow SPEC §3. Each agent that reads a table consumes a topic keyed like that
+table, with the same partition count (Faust's co-partitioning rule): the trading agent's tables
+have price.ticks' 10 partitions, consensus the 5 of signal.generated, execution and portfolio the
+5 of their account-keyed topics. Consensus decisions are keyed by token, so approvals are
+re-keyed by account through the internal topic ``execution.requests`` (5 partitions) before the
+execution engine reads the account's tables.
+
+Every message is the flat JSON of :mod:`models.events` (value serializer ``raw``): no Faust
+metadata on the wire, so producers in any language can write these topics.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from datetime import timedelta
+
+import faust
+
+from app.metrics import EVENTS_PRODUCED
+from app.settings import get_settings
+from models.events import Envelope, encode_event
+
+log = logging.getLogger("moondev")
+settings = get_settings()
+
+
+def _broker_credentials():
+    s = settings
+    proto = s.kafka_security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return None
+    ctx = ssl.create_default_context(cafile=s.kafka_ssl_cafile) if "SSL" in proto else None
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                                     mechanism=s.kafka_sasl_mechanism, ssl_context=ctx)
+    return faust.SSLCredentials(ctx)
+
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.kafka_broker,
+    broker_credentials=_broker_credentials(),
+    store=settings.store_url,
+    datadir=settings.data_dir,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    key_serializer="raw",
+    value_serializer="raw",
+    topic_replication_factor=1,
+    topic_partitions=5,
+    consumer_auto_offset_reset="earliest",
+    autodiscover=False,
+    # Ack handling: an event's offset is committed only after every agent reading the topic
+    # acked it (the event-store sink acks after its rows are committed).
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+    producer_linger_ms=5,
+    # Faust hands every fetched message to each reading stream's buffer, and a full buffer holds
+    # back delivery for all topics. Small buffers keep a burst of ticks from delaying the
+    # low-volume decision topics (signal → consensus → execution) behind it.
+    stream_buffer_maxsize=256,
+    broker_max_poll_records=500,
+    web_in_thread=False,
+)
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention: timedelta
+    key: str | None  # "token", "account" or None
+
+
+TOPIC_SPECS: dict[str, TopicSpec] = {
+    s.name: s
+    for s in [
+        TopicSpec("price.ticks", 10, timedelta(hours=24), "token"),
+        TopicSpec("liquidation.events", 3, 7 * DAY, "token"),
+        TopicSpec("sentiment.updates", 3, 7 * DAY, "token"),
+        TopicSpec("whale.activity", 3, 7 * DAY, "token"),
+        TopicSpec("signal.generated", 5, 7 * DAY, "token"),
+        TopicSpec("consensus", 5, 7 * DAY, "token"),
+        TopicSpec("risk.alerts", 3, 7 * DAY, "account"),
+        TopicSpec("correlation", 3, 7 * DAY, "token"),
+        TopicSpec("orders", 5, 7 * DAY, "account"),
+        TopicSpec("trade.executed", 5, 7 * DAY, "account"),
+        TopicSpec("state.changes", 5, 7 * DAY, "account"),
+        TopicSpec("system", 1, 7 * DAY, None),
+        TopicSpec("dead.letters", 1, 7 * DAY, None),
+        # Internal: approvals re-keyed by account for the execution engine.
+        TopicSpec("execution.requests", 5, 7 * DAY, "account"),
+    ]
+}
+
+#: event_type -> SPEC §3 topic name
+TOPIC_OF_EVENT: dict[str, str] = {
+    "price.tick": "price.ticks",
+    "liquidation.event": "liquidation.events",
+    "sentiment.update": "sentiment.updates",
+    "whale.activity": "whale.activity",
+    "signal.generated": "signal.generated",
+    "signal.error": "signal.generated",
+    "trade.consensus_approved": "consensus",
+    "signal.consensus_failed": "consensus",
+    "risk.ok": "risk.alerts",
+    "risk.alert": "risk.alerts",
+    "risk.critical": "risk.alerts",
+    "risk.cascade_detected": "risk.alerts",
+    "risk.constraint_violation": "risk.alerts",
+    "correlation.detected": "correlation",
+    "trade.placed": "orders",
+    "trade.rejected": "orders",
+    "trade.force_close": "orders",
+    "trade.executed": "trade.executed",
+    "position.closed": "trade.executed",
+    "state.snapshot": "state.changes",
+    "state.changed": "state.changes",
+    "agent.error": "system",
+    "metric.sla_violation": "system",
+    "dead_letter": "dead.letters",
+}
+
+#: SPEC topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
+#: create them with these partitions and retention instead of the broker's defaults.
+TOPICS: dict[str, faust.TopicT] = {
+    name: app.topic(settings.topic(name), partitions=spec.partitions, retention=spec.retention,
+                    internal=True, key_type=bytes, value_type=bytes)
+    for name, spec in TOPIC_SPECS.items()
+}
+
+#: Where :func:`emit` sends each topic's events. Agent tests rebind entries to in-memory
+#: ``app.channel()`` objects to read what an agent produced without a broker.
+OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
+
+
+def key_of(event: Envelope, topic_name: str) -> bytes | None:
+    kind = TOPIC_SPECS[topic_name].key
+    if kind == "token":
+        return event.token.encode()
+    if kind == "account":
+        return event.account.encode()  # type: ignore[attr-defined]
+    return None
+
+
+async def emit(event: Envelope, topic_name: str | None = None) -> None:
+    """Send an event to its SPEC §3 topic (or ``topic_name``), keyed by token or account."""
+    name = topic_name or TOPIC_OF_EVENT[event.event_type]
+    await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
+    EVENTS_PRODUCED.labels(event.event_type).inc()
+
+
+async def declare_topics() -> None:
+    """Create every topic with its partitions and retention if it does not exist yet."""
+    for topic in TOPICS.values():
+        await topic.maybe_declare()
+
+
+async def dead_letter(message, reason: str, agent: str) -> None:
+    """Send a message that failed to parse or validate to the dead-letter topic with the reason.
+
+    ``message`` is the Faust ``Message`` (``event.message``). The dead letter's id is derived from
+    topic, partition and offset, so a redelivered bad message is stored once.
+    """
+    from models.events import DeadLetter, derived_id
+
+    raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value), "utf-8")
+    text = raw.decode("utf-8", errors="replace")
+    b64 = None
+    if text.encode("utf-8", errors="replace") != raw:
+        import base64
+
+        b64 = base64.b64encode(raw).decode()
+    ts = message.timestamp
+    dl = DeadLetter(
+        event_id=derived_id("dead_letter", message.topic, message.partition, message.offset),
+        timestamp=int(ts * 1000) if ts else 0, source=agent, raw=text[:100_000], raw_b64=b64,
+        topic=message.topic, partition=message.partition, offset=message.offset, reason=reason[:2000])
+    log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+    from app.metrics import DEAD_LETTERS
+
+    DEAD_LETTERS.labels(message.topic).inc()
+    await emit(dl)

@@ -1,0 +1,39 @@
+"""Prometheus metrics (prometheus-client), served by the ``/metrics/`` view.
+
+Counters are per worker process; Prometheus sums them across replicas.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+TICKS_CONSUMED = Counter("moondev_ticks_consumed_total", "price.tick events consumed by the trading agent",
+                         registry=REGISTRY)
+EVENTS_PRODUCED = Counter("moondev_events_produced_total", "Events produced, by event type",
+                          ["event_type"], registry=REGISTRY)
+DEAD_LETTERS = Counter("moondev_dead_letters_total", "Messages sent to the dead-letter topic, by source topic",
+                       ["topic"], registry=REGISTRY)
+LATE_EVENTS = Counter("moondev_late_events_total", "Events older than the agent's event-time watermark, dropped",
+                      ["agent"], registry=REGISTRY)
+PROCESSING_SECONDS = Histogram(
+    "moondev_processing_seconds", "Time to process one event in an agent (seconds)", ["agent"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY)
+TICK_TO_FILL_SECONDS = Histogram(
+    "moondev_tick_to_fill_seconds", "Wall-clock time from the tick's produce to its fill (seconds)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+TICK_RECEIVE_SECONDS = Histogram(
+    "moondev_tick_receive_seconds", "Wall-clock time from a tick's produce to the trading agent reading it (seconds)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+SINK_ROWS = Counter("moondev_sink_rows_total", "Rows written to the event store, by topic", ["topic"],
+                    registry=REGISTRY)
+SINK_BATCH_SECONDS = Histogram("moondev_sink_batch_seconds", "Event-store batch write time (seconds)",
+                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+                               registry=REGISTRY)
+SINK_ERRORS = Counter("moondev_sink_errors_total", "Failed event-store batch writes (retried)", registry=REGISTRY)
+CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's high watermark",
+                     ["topic", "partition"], registry=REGISTRY)
+EQUITY = Gauge("moondev_portfolio_equity_usd", "Portfolio equity (USD)", ["account"], registry=REGISTRY)
+LEVERAGE = Gauge("moondev_portfolio_leverage", "Gross notional / equity", ["account"], registry=REGISTRY)

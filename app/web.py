@@ -1,0 +1,99 @@
+"""Web views on the Faust web port (WEB_PORT, 6066 by default).
+
+- ``GET /health/``: broker reachable, database reachable, tables recovered; 200 when all are, else 503.
+- ``GET /portfolio/`` and ``/portfolio/{account}/``: cash, equity, positions (size, entry and mark
+  price, unrealised PnL), leverage, realised PnL and fees (USD). Routed to the worker that owns
+  the account's partition, so any replica answers.
+- ``GET /metrics/``: Prometheus text exposition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlparse
+
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.main import app, settings
+from app.metrics import CONSUMER_LAG, REGISTRY
+from streams.portfolio import portfolio_view
+from streams.sink import store
+from tables import portfolio
+
+
+async def _broker_ok() -> bool:
+    url = urlparse(settings.kafka_broker.split(";")[0].split(",")[0])
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 9092), 1.0)
+        writer.close()
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+
+
+async def _database_ok() -> bool:
+    try:
+        pool = await asyncio.wait_for(store.pool(), 2.0)
+        return await asyncio.wait_for(pool.fetchval("SELECT 1"), 2.0) == 1
+    except Exception:  # noqa: BLE001 - any failure means not healthy
+        return False
+
+
+def _tables_ready() -> bool:
+    recovery = app.tables.recovery
+    return recovery.completed.is_set() and not app.rebalancing
+
+
+@app.page("/health/")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        broker, database = await asyncio.gather(_broker_ok(), _database_ok())
+        checks = {"broker": broker, "database": database, "tables_ready": _tables_ready()}
+        ok = all(checks.values())
+        return self.json({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
+
+
+def _portfolio_json(account: str) -> dict:
+    pf = portfolio.get(account)
+    if pf is None:
+        return {"account": account, "cash": settings.initial_cash_usd, "equity": settings.initial_cash_usd,
+                "positions": {}, "leverage": 0.0, "realised_pnl": 0.0, "unrealised_pnl": 0.0, "fees_paid": 0.0,
+                "fills": 0}
+    return {"account": account, **portfolio_view(pf)}
+
+
+@app.page("/portfolio/")
+class Portfolio(View):
+    @app.table_route(table=portfolio, exact_key=settings.account)
+    async def get(self, request: Request) -> Response:
+        return self.json(_portfolio_json(settings.account))
+
+
+@app.page("/portfolio/{account}/")
+class AccountPortfolio(View):
+    @app.table_route(table=portfolio, match_info="account")
+    async def get(self, request: Request, account: str) -> Response:
+        return self.json(_portfolio_json(account))
+
+
+def _update_lag() -> None:
+    consumer = app.consumer
+    try:
+        assignment = consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started yet
+        return
+    for tp in assignment:
+        hw = consumer.highwater(tp)
+        read = consumer._read_offset.get(tp)  # last offset this worker read (Faust keeps it per partition)
+        if hw is None:
+            continue
+        lag = hw - (read + 1 if read is not None else 0)
+        CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+
+@app.page("/metrics/")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        _update_lag()
+        return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -1,0 +1,1 @@
+"""Market-data feeds: readers that turn recorded real market data into ticks."""

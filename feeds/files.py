@@ -1,0 +1,135 @@
+"""Read real market data files as ticks, in event-time order.
+
+Formats, recognised by their CSV header (``.csv`` or gzip-compressed ``.csv.gz``):
+
+- **Binance trades** (``shared/data/binance/trades.csv.gz`` layout): ``symbol, trade_time_ms,
+  price, qty, ...``: one tick per trade, at the trade time. For coin-margined perpetuals
+  (``market`` = ``cm``) ``qty`` is in contracts, so no base size is given.
+- **OHLCV candles** (``timestamp, open, high, low, close, volume``; timestamp ISO-8601 UTC or ms):
+  one tick per candle at its close time, with the candle's volume as quote volume. The token comes
+  from ``--token`` (a candle file names no symbol).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+#: Quote-currency suffixes stripped to get the token (BTCUSDT, BTC-USD, BTCUSD_PERP → BTC).
+_SUFFIXES = ("USD_PERP", "-USD-PERP", "-PERP", "USDT", "USDC", "-USD", "_USD", "USD", "/USD")
+
+
+def normalise_token(symbol: str) -> str:
+    """Exchange symbol → token: ``BTCUSDT``, ``BTC-USD``, ``BTCUSD_PERP``, ``BTC`` → ``BTC``."""
+    s = symbol.strip().upper()
+    for suffix in _SUFFIXES:
+        if s.endswith(suffix) and len(s) > len(suffix):
+            return s[: -len(suffix)].rstrip("-_/")
+    return s
+
+
+@dataclass(slots=True, frozen=True)
+class TickRow:
+    ts_ms: int  # event time, ms since epoch UTC
+    token: str
+    price: float  # USD
+    size: float | None  # base units, when known
+    quote_volume: float  # USD notional of this tick
+
+
+class FeedError(ValueError):
+    """The file cannot be read as market data; the message says why in one line."""
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if not path.is_file():
+        raise FeedError(f"no such file: {path}")
+    raw = path.open("rb")
+    head = raw.read(2)
+    raw.seek(0)
+    stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+    return io.TextIOWrapper(stream, encoding="utf-8", newline="")
+
+
+def _parse_ts(value: str) -> int:
+    v = value.strip()
+    if v.isdigit():
+        n = int(v)
+        return n if n > 10**11 else n * 1000
+    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def read_ticks(path: str | Path, token: str | None = None, limit: int | None = None) -> list[TickRow]:
+    """All ticks of a file, sorted by event time (stable, so same-ms trades keep file order).
+
+    Raises:
+        FeedError: missing file, unknown header, or a row that does not parse (with its line).
+    """
+    path = Path(path)
+    rows: list[TickRow] = []
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        fields = set(reader.fieldnames or [])
+        if {"symbol", "trade_time_ms", "price", "qty"} <= fields:
+            kind = "binance"
+        elif {"timestamp", "close", "volume"} <= fields:
+            kind = "candles"
+            if not token:
+                raise FeedError("a candle file names no symbol: give --token")
+        else:
+            raise FeedError(f"unrecognised header in {path.name}: {sorted(fields)}")
+        try:
+            for row in reader:
+                if kind == "binance":
+                    price = float(row["price"])
+                    qty = float(row["qty"])
+                    coin_qty = row.get("market") != "cm"
+                    rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(row["symbol"]), price,
+                                        qty if coin_qty else None, price * qty if coin_qty else qty * 100.0))
+                else:
+                    rows.append(TickRow(_parse_ts(row["timestamp"]) + 60_000, token, float(row["close"]), None,
+                                        float(row["volume"])))
+        except (KeyError, ValueError) as exc:
+            raise FeedError(f"{path.name} line {reader.line_num}: {exc}") from None
+    rows.sort(key=lambda r: r.ts_ms)
+    return rows[:limit] if limit else rows
+
+
+class RollingVolume:
+    """Quote volume (USD) per token over the last ``window_ms`` of event time."""
+
+    def __init__(self, window_ms: int = 60_000):
+        self.window_ms = window_ms
+        self._q: dict[str, deque] = {}
+        self._sum: dict[str, float] = {}
+
+    def add(self, token: str, ts_ms: int, notional: float) -> float:
+        q = self._q.setdefault(token, deque())
+        total = self._sum.get(token, 0.0) + notional
+        q.append((ts_ms, notional))
+        while q and q[0][0] <= ts_ms - self.window_ms:
+            total -= q.popleft()[1]
+        self._sum[token] = total
+        return max(total, 0.0)
+
+
+def schedule(rows: list[TickRow], speed: float | None, max_gap_s: float = 5.0) -> Iterator[tuple[float, TickRow]]:
+    """Yield ``(due_s, row)``: when to send each row, in seconds after the first, so that event
+    time runs ``speed`` times faster than real time (``None`` = as fast as possible: all due at 0).
+    Gaps longer than ``max_gap_s`` of wall time (between recording sessions) shrink to it."""
+    due = 0.0
+    prev = None
+    for row in rows:
+        if speed and prev is not None:
+            due += min(max(0.0, (row.ts_ms - prev) / 1000.0 / speed), max_gap_s)
+        prev = row.ts_ms
+        yield due, row

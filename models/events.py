@@ -1,0 +1,302 @@
+"""Event schemas of SPEC §3 and their JSON wire format.
+
+The wire format is one flat JSON object per Kafka message: the envelope fields
+(``event_id``, ``event_type``, ``timestamp``, ``token``, ``source``, ``correlation_id``) next to the
+payload fields of the event type, with the field names of SPEC §3. No Faust metadata is added or
+expected, so any producer (another service, another language) can write these topics.
+
+``timestamp`` is event time in milliseconds since the Unix epoch (UTC). ``ingest_ms`` (optional) is
+the wall-clock time in ms at which the tick that started the chain was produced to Kafka; it is
+carried along the chain so tick-to-fill latency can be measured on replayed (historical) data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+#: Namespace for deterministic event ids (uuid5): a replayed decision gets the same id again.
+EVENT_NAMESPACE = uuid.UUID("6f1c0d0e-9a51-4d5e-9a55-3c1f0b7a1d01")
+
+
+def new_event_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def derived_id(*parts: object) -> uuid.UUID:
+    """Deterministic UUID (uuid5) from parts, for ids that must be equal on retry and replay."""
+    return uuid.uuid5(EVENT_NAMESPACE, ":".join(str(p) for p in parts))
+
+
+Side = Literal["BUY", "SELL"]
+Action = Literal["BUY", "SELL", "HOLD"]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Envelope(BaseModel):
+    """Fields every event carries (SPEC §3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: uuid.UUID
+    event_type: str
+    timestamp: Annotated[int, Field(ge=0, description="event time, ms since epoch UTC")]
+    token: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    source: Annotated[str, Field(min_length=1, max_length=64)]
+    correlation_id: uuid.UUID | None = None
+    ingest_ms: Annotated[int, Field(ge=0)] | None = None
+
+
+class TokenEvent(Envelope):
+    token: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class AccountEvent(Envelope):
+    account: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+# ---------------------------------------------------------------- market data
+class PriceTick(TokenEvent):
+    """One trade or quote. ``price`` in quote currency (USD); ``volume_1m`` quote volume (USD) of the
+    last 60 s of event time; ``size`` base-currency size of this trade when it is one."""
+
+    event_type: Literal["price.tick"] = "price.tick"
+    price: PositiveFloat
+    volume_1m: NonNegFloat = 0.0
+    size: NonNegFloat | None = None
+    bid: PositiveFloat | None = None
+    ask: PositiveFloat | None = None
+
+
+class LiquidationEvent(TokenEvent):
+    event_type: Literal["liquidation.event"] = "liquidation.event"
+    liquidation_count: Annotated[int, Field(ge=0)]
+    notional: NonNegFloat
+    side: Side
+    cascade_indicator: Finite = 0.0
+
+
+class SentimentUpdate(TokenEvent):
+    event_type: Literal["sentiment.update"] = "sentiment.update"
+    bullish_pct: Annotated[float, Field(ge=0, le=100)]
+    velocity: Finite = 0.0
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    followers: Annotated[int, Field(ge=0)] = 0
+    text_source: str | None = None
+
+
+class WhaleActivity(TokenEvent):
+    event_type: Literal["whale.activity"] = "whale.activity"
+    size: PositiveFloat
+    side: Side
+    address: str
+
+
+# ---------------------------------------------------------------- signals and consensus
+class SignalGenerated(TokenEvent):
+    """A BUY/SELL/HOLD view of one agent. ``score`` 0-100 is its strength, ``confidence`` 0-1 how
+    much the agent trusts it; ``price`` the price it was formed at (USD)."""
+
+    event_type: Literal["signal.generated"] = "signal.generated"
+    action: Action
+    score: Annotated[float, Field(ge=0, le=100)]
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    agent: str
+    reasons: list[str] = Field(default_factory=list)
+    price: PositiveFloat | None = None
+    indicators: dict[str, float | None] = Field(default_factory=dict)
+
+
+class SignalError(TokenEvent):
+    event_type: Literal["signal.error"] = "signal.error"
+    agent: str
+    error: str
+
+
+class ConsensusDecision(TokenEvent):
+    """Outcome of one consensus window. ``consensus_score`` is signed (-100..100, + = BUY)."""
+
+    event_type: Literal["trade.consensus_approved", "signal.consensus_failed"]
+    consensus_score: Annotated[float, Field(ge=-100, le=100)]
+    contributing_agents: list[str]
+    recommended_action: Action
+    signal_ids: list[uuid.UUID] = Field(default_factory=list)
+    weights: dict[str, float] = Field(default_factory=dict)
+    window_start: int
+    window_end: int
+    price: PositiveFloat | None = None
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------- risk
+class RiskEvent(AccountEvent):
+    event_type: Literal[
+        "risk.ok", "risk.alert", "risk.critical", "risk.cascade_detected", "risk.constraint_violation"
+    ]
+    severity: Literal["INFO", "WARNING", "CRITICAL"]
+    violation_type: str | None = None
+    action_required: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class CorrelationDetected(TokenEvent):
+    event_type: Literal["correlation.detected"] = "correlation.detected"
+    coefficient: Annotated[float, Field(ge=-1, le=1)]
+    window: str
+    direction: Literal["positive", "negative"]
+    points: Annotated[int, Field(ge=0)] = 0
+
+
+# ---------------------------------------------------------------- orders and fills
+class OrderEvent(AccountEvent):
+    """``size`` in base units (coins), ``price`` the decision price (USD)."""
+
+    event_type: Literal["trade.placed", "trade.rejected", "trade.force_close"]
+    order_id: str | None = None
+    client_order_id: str
+    side: Side
+    size: NonNegFloat
+    order_type: Literal["market", "limit"] = "market"
+    price: PositiveFloat | None = None
+    reason: str | None = None
+    decision_id: uuid.UUID | None = None
+
+
+class TradeExecuted(AccountEvent):
+    """A fill. ``fill_price`` USD, ``filled_amount`` base units, ``fee`` USD, ``slippage`` USD per
+    unit against the decision price (positive = adverse)."""
+
+    event_type: Literal["trade.executed"] = "trade.executed"
+    order_id: str
+    client_order_id: str
+    side: Side
+    fill_price: PositiveFloat
+    filled_amount: PositiveFloat
+    fee: NonNegFloat
+    slippage: Finite = 0.0
+    decision_price: PositiveFloat | None = None
+
+
+class PositionClosed(AccountEvent):
+    """A position returned to zero: ``pnl_usd`` realised over its life net of fees."""
+
+    event_type: Literal["position.closed"] = "position.closed"
+    order_id: str
+    exit_price: PositiveFloat
+    entry_price: PositiveFloat
+    size: Finite
+    pnl_usd: Finite
+    duration_s: NonNegFloat
+
+
+# ---------------------------------------------------------------- state and system
+class StateEvent(AccountEvent):
+    """Portfolio state: ``portfolio_value`` (equity, USD), ``positions`` per token,
+    ``leverage_ratio`` gross notional / equity, ``daily_pnl`` USD since 00:00 UTC (event time)."""
+
+    event_type: Literal["state.snapshot", "state.changed"]
+    portfolio_value: Finite
+    cash: Finite
+    positions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    leverage_ratio: NonNegFloat
+    daily_pnl: Finite = 0.0
+    delta: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentError(Envelope):
+    event_type: Literal["agent.error"] = "agent.error"
+    agent: str
+    error: str
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class SlaViolation(Envelope):
+    event_type: Literal["metric.sla_violation"] = "metric.sla_violation"
+    metric: str
+    value: float
+    limit: float
+
+
+class DeadLetter(Envelope):
+    """A message that failed to parse or validate: ``raw`` is its value as text (UTF-8 with
+    replacement; ``raw_b64`` holds the exact bytes when they are not UTF-8)."""
+
+    event_type: Literal["dead_letter"] = "dead_letter"
+    raw: str
+    raw_b64: str | None = None
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+Event = Annotated[
+    Union[
+        PriceTick,
+        LiquidationEvent,
+        SentimentUpdate,
+        WhaleActivity,
+        SignalGenerated,
+        SignalError,
+        ConsensusDecision,
+        RiskEvent,
+        CorrelationDetected,
+        OrderEvent,
+        TradeExecuted,
+        PositionClosed,
+        StateEvent,
+        AgentError,
+        SlaViolation,
+        DeadLetter,
+    ],
+    Field(discriminator="event_type"),
+]
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+#: event_type -> model class
+EVENT_TYPES: dict[str, type[Envelope]] = {}
+for _cls in Event.__origin__.__args__:  # type: ignore[attr-defined]
+    for _t in _cls.model_fields["event_type"].annotation.__args__:
+        EVENT_TYPES[_t] = _cls
+
+
+class EventError(ValueError):
+    """A message that is not a valid event; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_event(raw: bytes | str, expect: tuple[type[Envelope], ...] | None = None) -> Envelope:
+    """Parse and validate one wire message.
+
+    Args:
+        raw: the Kafka message value (UTF-8 JSON object).
+        expect: event classes allowed on this topic; ``None`` allows any.
+
+    Raises:
+        EventError: not JSON, not an object, unknown ``event_type``, a field invalid, or an event
+            type that does not belong on this topic; ``reason`` names the first problem.
+    """
+    try:
+        event = _ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "tagged-")))
+        # Keep the discriminator's own message for unknown types: it lists what is allowed.
+        raise EventError(f"{exc.error_count()} validation error(s); first: {loc or '<root>'}: {err['msg']}") from None
+    if expect is not None and not isinstance(event, expect):
+        raise EventError(f"event_type {event.event_type!r} does not belong on this topic")
+    return event
+
+
+def encode_event(event: Envelope) -> bytes:
+    """JSON bytes of an event, the wire format (``None`` fields omitted)."""
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))

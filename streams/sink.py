@@ -1,0 +1,95 @@
+"""Event-store sink: every event of every SPEC §3 topic → PostgreSQL, in batches.
+
+One agent per topic reads with ``noack_take`` (batches of SINK_BATCH_SIZE or SINK_BATCH_SECONDS)
+and acks the batch's events only after its rows are committed, so Kafka offsets never pass an
+event that is not durable. When PostgreSQL is unreachable the batch is retried with exponential
+backoff (capped at 10 s) while the rest of the pipeline keeps trading; inserts are idempotent on
+``event_id``, so a batch redelivered after a crash is stored once.
+
+Topics that no other agent validates (no agent reads them yet) have their invalid messages sent
+to the dead letters here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from app.main import TOPICS, app, dead_letter, settings
+from app.metrics import SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
+from models.events import EventError, decode_event
+from store.eventstore import EventStore, Row
+
+log = logging.getLogger(__name__)
+
+store = EventStore(settings.database_url)
+
+#: Topics whose invalid messages another agent already sends to the dead letters.
+VALIDATED_ELSEWHERE = {"price.ticks", "signal.generated", "consensus", "trade.executed"}
+#: Internal topics that carry copies of events stored from their own topic.
+NOT_STORED = {"execution.requests"}
+
+
+def to_row(value: bytes) -> Row:
+    """Validate one message and make its row; raises :class:`EventError`."""
+    event = decode_event(value)
+    return Row(event.event_id, event.event_type, event.timestamp, event.token,
+               value.decode() if isinstance(value, bytes) else value, event.source)
+
+
+async def write_with_retry(rows: list[Row], topic: str) -> None:
+    delay = 0.1
+    while True:
+        t0 = time.perf_counter()
+        try:
+            await store.write(rows)
+            SINK_BATCH_SECONDS.observe(time.perf_counter() - t0)
+            SINK_ROWS.labels(topic).inc(len(rows))
+            return
+        except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any DB failure is retried
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            SINK_ERRORS.inc()
+            log.warning("event store write of %d rows from %s failed (%s: %s); retrying in %.1f s",
+                        len(rows), topic, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _make_sink(name: str):
+    async def sink(stream):
+        async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
+            rows: list[Row] = []
+            for event in events:
+                try:
+                    rows.append(to_row(event.value))
+                except EventError as exc:
+                    if name not in VALIDATED_ELSEWHERE:
+                        await dead_letter(event.message, exc.reason, f"sink.{name}")
+            await write_with_retry(rows, name)
+            for event in events:
+                await stream.ack(event)
+
+    sink.__name__ = sink.__qualname__ = f"sink_{name.replace('.', '_')}"
+    return app.agent(TOPICS[name], name=f"sink.{name}")(sink)
+
+
+SINKS = {name: _make_sink(name) for name in TOPICS if name not in NOT_STORED}
+
+
+@app.task
+async def migrate_on_start() -> None:
+    """Create the schema when the worker starts (retrying while the database is unreachable)."""
+    delay = 0.5
+    while True:
+        try:
+            version = await store.migrate()
+            log.info("event store ready (schema version %d)", version)
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.warning("event store not reachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

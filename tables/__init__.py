@@ -1,0 +1,30 @@
+"""Faust tables: the agents' state, each backed by a changelog topic (RocksDB in production).
+
+Values are JSON (dicts); keys are the token or account as raw bytes, like the topics that feed
+them, so key routing matches the topic partitioning.
+
+| table | key | partitions | written by | value |
+|---|---|---|---|---|
+| bars_open | token | 10 | trading | the open OHLCV bar (domain.bars.Bar as dict) |
+| bar_history | token | 10 | trading | {"closes": [...], "last_start": ms} bounded to BAR_HISTORY |
+| indicators | token | 10 | trading | last bar's indicator values and signal |
+| consensus_windows | token | 5 | consensus | open 5 s windows and the closed-until watermark |
+| portfolio | account | 5 | portfolio | domain.portfolio state |
+| execution_state | account | 5 | execution | in-flight and recently submitted client order ids |
+| latest_prices (global) | token | 10 | risk | {"price", "ts"} last tick per token |
+| exposures (global) | account | 5 | portfolio | {"cash", "positions"} for marking to market |
+"""
+
+from app.main import app
+
+# Keys are raw bytes like the topic keys (so table routing hashes a key as its topic does); values JSON.
+_json = dict(key_type=bytes)
+
+bars_open = app.Table("bars_open", partitions=10, help="open OHLCV bar per token", **_json)
+bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
+indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
+consensus_windows = app.Table("consensus_windows", partitions=5, help="open consensus windows per token", **_json)
+portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", **_json)
+execution_state = app.Table("execution_state", partitions=5, help="execution engine state per account", **_json)
+latest_prices = app.GlobalTable("latest_prices", partitions=10, help="last price per token", **_json)
+exposures = app.GlobalTable("exposures", partitions=5, help="positions per account, for risk", **_json)

@@ -1,0 +1,155 @@
+"""Faust agent tests: the real agents, run in Faust's test context with the ``memory://`` table
+store. What an agent emits is read from the ``OUTPUTS`` map, which the test points at recording
+outputs instead of Kafka topics."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+import app as _app  # noqa: F401  (registers every agent and table)
+from app import main
+from feeds.files import read_ticks
+from models.events import ConsensusDecision, PriceTick, SignalGenerated, TradeExecuted, encode_event, new_event_id
+from streams.consensus import consensus
+from streams.execution import client_order_id, execution
+from streams.portfolio import portfolio_agent
+from streams.trading import trading
+from tables import consensus_windows, execution_state, latest_prices, portfolio
+
+T0 = 1_723_161_280_000
+
+
+class Recorder:
+    """Stands in for an output topic: keeps what was sent, decoded."""
+
+    def __init__(self):
+        self.sent: list[tuple[bytes | None, dict]] = []
+
+    async def send(self, key=None, value=None, **_):
+        self.sent.append((key, json.loads(value)))
+
+    def of(self, event_type: str) -> list[dict]:
+        return [v for _, v in self.sent if v.get("event_type") == event_type]
+
+
+@pytest.fixture
+def outputs(monkeypatch):
+    recorders = {name: Recorder() for name in main.TOPICS}
+    for name, rec in recorders.items():
+        monkeypatch.setitem(main.OUTPUTS, name, rec)
+    for table in (consensus_windows, execution_state, portfolio, latest_prices):
+        table.data.clear()
+    return recorders
+
+
+def signal(ts: int, action="BUY", score=90.0, agent="trading.rules", price=100.0) -> SignalGenerated:
+    return SignalGenerated(event_id=new_event_id(), timestamp=ts, token="BTC", source=agent, action=action,
+                           score=score, confidence=1.0, agent=agent, price=price)
+
+
+async def test_trading_agent_builds_bars_and_signals_from_real_ticks(outputs, sample_path):
+    rows = [r for r in read_ticks(sample_path) if r.token == "BTC"][:6000]
+    async with trading.test_context() as agent:
+        for r in rows:
+            t = PriceTick(event_id=new_event_id(), timestamp=r.ts_ms, token=r.token, source="test", price=r.price,
+                          size=r.size)
+            await agent.put(value=encode_event(t), key=b"BTC")
+    sigs = outputs["signal.generated"].of("signal.generated")
+    assert sigs, "real BTC trades over a minute of 1 s bars produce signals"
+    for s in sigs:
+        assert s["action"] in ("BUY", "SELL") and 40 <= s["score"] <= 100 and 0 < s["confidence"] <= 1
+        assert s["timestamp"] % 1000 == 0 and s["reasons"] and s["indicators"]["sma_20"] is not None
+    # bars close on event time: a signal never comes from a bar later than the ticks seen
+    assert max(s["timestamp"] for s in sigs) <= rows[-1].ts_ms
+
+
+async def test_trading_agent_sends_bad_ticks_to_dead_letters_and_goes_on(outputs):
+    good = PriceTick(event_id=new_event_id(), timestamp=T0, token="BTC", source="test", price=1.0)
+    async with trading.test_context() as agent:
+        await agent.put(value=b'{"event_type": "price.tick", "price": "abc"}', key=b"BTC")
+        await agent.put(value=encode_event(good), key=b"ETH")  # key does not match the token
+        await agent.put(value=encode_event(good), key=b"BTC")
+    dead = outputs["dead.letters"].of("dead_letter")
+    assert len(dead) == 2
+    assert "validation error" in dead[0]["reason"] and dead[0]["raw"].startswith('{"event_type"')
+    assert "does not match token" in dead[1]["reason"]
+
+
+async def test_consensus_decides_each_window_once(outputs):
+    async with consensus.test_context() as agent:
+        for ts, action in [(T0 + 1000, "BUY"), (T0 + 2000, "BUY"), (T0 + 3000, "SELL"),
+                           (T0 + 6000, "SELL"), (T0 + 12_000, "BUY")]:
+            await agent.put(value=encode_event(signal(ts, action, 90 if action == "BUY" else 20)), key=b"BTC")
+        await agent.put(value=encode_event(signal(T0 + 4000)), key=b"BTC")  # late: window closed
+    decisions = outputs["consensus"].sent
+    kinds = [(v["event_type"], v["window_start"]) for _, v in decisions]
+    assert kinds == [("trade.consensus_approved", T0), ("signal.consensus_failed", T0 + 5000),
+                     ("trade.consensus_approved", T0 + 10_000)]
+    approved = decisions[0][1]
+    assert approved["consensus_score"] == 90 and approved["recommended_action"] == "BUY"
+    assert approved["contributing_agents"] == ["trading.rules"] and len(approved["signal_ids"]) == 1
+
+
+async def test_consensus_requires_min_agents(outputs, monkeypatch):
+    monkeypatch.setattr(main.settings, "consensus_min_agents", 2)
+    async with consensus.test_context() as agent:
+        await agent.put(value=encode_event(signal(T0 + 100)), key=b"BTC")
+        await agent.put(value=encode_event(signal(T0 + 200, agent="sentiment")), key=b"BTC")
+    (decision,) = outputs["consensus"].of("trade.consensus_approved")
+    assert decision["contributing_agents"] == ["sentiment", "trading.rules"]
+
+
+def approval(score=85.0, price=100.0) -> ConsensusDecision:
+    return ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
+                             source="consensus", consensus_score=score, contributing_agents=["trading.rules"],
+                             recommended_action="BUY" if score > 0 else "SELL", window_start=T0,
+                             window_end=T0 + 5000, price=price)
+
+
+async def test_execution_places_one_order_per_decision(outputs):
+    d = approval()
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d), key=b"paper")
+        await agent.put(value=encode_event(d), key=b"paper")  # redelivered: no second order
+    placed = outputs["orders"].of("trade.placed")
+    fills = outputs["trade.executed"].of("trade.executed")
+    assert len(placed) == 1 and len(fills) == 1
+    assert placed[0]["client_order_id"] == fills[0]["client_order_id"] == client_order_id("paper", d.event_id)
+    s = main.settings
+    qty = s.position_fraction * s.initial_cash_usd / 100.0
+    assert fills[0]["filled_amount"] == pytest.approx(qty)
+    assert fills[0]["fill_price"] == pytest.approx(100.0 * (1 + s.slippage_bps / 1e4))
+    assert fills[0]["fee"] == pytest.approx(fills[0]["fill_price"] * qty * s.fee_bps / 1e4)
+
+
+async def test_execution_rejects_orders_over_max_leverage(outputs, monkeypatch):
+    monkeypatch.setattr(main.settings, "position_fraction", 5.0)
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(approval()), key=b"paper")
+    assert not outputs["trade.executed"].sent
+    (rejected,) = outputs["orders"].of("trade.rejected")
+    assert "leverage after trade" in rejected["reason"]
+    (violation,) = outputs["risk.alerts"].of("risk.constraint_violation")
+    assert violation["violation_type"] == "max_leverage"
+
+
+async def test_portfolio_applies_each_fill_once(outputs):
+    fill = TradeExecuted(event_id=new_event_id(), timestamp=T0, token="BTC", source="execution", account="paper",
+                         order_id="o1", client_order_id="0xabc", side="BUY", fill_price=100.0, filled_amount=2.0,
+                         fee=0.5)
+    close = fill.model_copy(update={"event_id": new_event_id(), "client_order_id": "0xdef", "side": "SELL",
+                                    "fill_price": 110.0, "timestamp": T0 + 10_000})
+    async with portfolio_agent.test_context() as agent:
+        await agent.put(value=encode_event(fill), key=b"paper")
+        await agent.put(value=encode_event(fill), key=b"paper")  # duplicate
+        await agent.put(value=encode_event(close), key=b"paper")
+    states = outputs["state.changes"].of("state.changed")
+    assert len(states) == 2
+    (closed,) = outputs["trade.executed"].of("position.closed")
+    assert closed["pnl_usd"] == pytest.approx(2 * 10 - 1.0) and closed["duration_s"] == 10
+    pf = portfolio.get("paper")
+    assert pf["cash"] == pytest.approx(main.settings.initial_cash_usd - 200 + 220 - 1.0)
+    assert pf["positions"] == {}

@@ -1,0 +1,80 @@
+"""File feed parsing and the command line: bad arguments get one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.commands import parse_speed
+from feeds.files import FeedError, RollingVolume, normalise_token, read_ticks, schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+FAUST = str(Path(sys.executable).parent / "faust")
+
+
+@pytest.mark.parametrize("symbol, token", [("BTCUSDT", "BTC"), ("BTC-USD", "BTC"), ("BTCUSD_PERP", "BTC"),
+                                           ("eth", "ETH"), ("SOL-PERP", "SOL"), ("BTC", "BTC")])
+def test_normalise_token(symbol, token):
+    assert normalise_token(symbol) == token
+
+
+def test_candles_need_a_token_and_give_one_tick_per_candle(candles_path):
+    with pytest.raises(FeedError, match="--token"):
+        read_ticks(candles_path)
+    rows = read_ticks(candles_path, token="BTC", limit=3)
+    assert [r.price for r in rows] == [46377.0, 46411.0, rows[2].price]
+    assert rows[0].ts_ms == 1640991660000 + 60_000  # 2021-12-31 23:01 UTC candle closes a minute later
+
+
+def test_unknown_header_and_missing_file(tmp_path):
+    p = tmp_path / "x.csv.gz"
+    with gzip.open(p, "wt") as fh:
+        fh.write("a,b\n1,2\n")
+    with pytest.raises(FeedError, match="unrecognised header"):
+        read_ticks(p)
+    with pytest.raises(FeedError, match="no such file"):
+        read_ticks(tmp_path / "missing.csv")
+
+
+def test_rolling_volume_and_schedule():
+    v = RollingVolume(60_000)
+    assert v.add("BTC", 0, 10) == 10
+    assert v.add("BTC", 30_000, 5) == 15
+    assert v.add("BTC", 60_000, 1) == 6
+    rows = read_ticks(ROOT / "data/sample/binance_usdm_trades_20240808.csv.gz", limit=200)
+    dues = [d for d, _ in schedule(rows, 10.0)]
+    span = (rows[-1].ts_ms - rows[0].ts_ms) / 1000 / 10
+    assert dues[0] == 0 and dues[-1] == pytest.approx(span, abs=1e-6)
+    assert all(d == 0 for d, _ in schedule(rows, None))
+
+
+def test_parse_speed():
+    assert parse_speed("max") is None and parse_speed("2.5") == 2.5
+    for bad in ("0", "-1", "fast", "inf"):
+        with pytest.raises(SystemExit):
+            parse_speed(bad)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["feed", "/nonexistent/file.csv"], "no such file"),
+    (["feed", "data/sample/binance_usdm_trades_20240808.csv.gz", "--speed", "warp"], "--speed"),
+    (["feed"], "Missing argument"),
+    (["feed", "x", "--bogus"], "No such option"),
+])
+def test_bad_cli_arguments_get_one_line_and_exit_2(args, needle):
+    proc = subprocess.run([FAUST, "-A", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "STORE_URL": "memory://"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_the_custom_commands():
+    proc = subprocess.run([FAUST, "-A", "app", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "feed" in proc.stdout and "migrate" in proc.stdout

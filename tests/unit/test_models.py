@@ -1,0 +1,75 @@
+"""Event schemas and the JSON wire format."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from models.events import (EVENT_TYPES, ConsensusDecision, EventError, PriceTick, TradeExecuted, decode_event,
+                           derived_id, encode_event, new_event_id)
+
+
+def tick(**kw) -> PriceTick:
+    base = dict(event_id=new_event_id(), timestamp=1_723_161_256_322, token="BTC", source="test", price=61_000.5)
+    return PriceTick(**{**base, **kw})
+
+
+def test_every_spec_event_type_has_a_schema():
+    spec = {"price.tick", "liquidation.event", "sentiment.update", "whale.activity", "signal.generated",
+            "signal.error", "trade.consensus_approved", "signal.consensus_failed", "risk.ok", "risk.alert",
+            "risk.critical", "risk.cascade_detected", "risk.constraint_violation", "correlation.detected",
+            "trade.placed", "trade.rejected", "trade.force_close", "trade.executed", "position.closed",
+            "state.snapshot", "state.changed", "agent.error", "metric.sla_violation"}
+    assert spec <= set(EVENT_TYPES)
+
+
+def test_round_trip_is_flat_json_with_spec_field_names():
+    t = tick(volume_1m=12.5)
+    wire = json.loads(encode_event(t))
+    assert wire["event_type"] == "price.tick" and wire["price"] == 61_000.5 and wire["token"] == "BTC"
+    assert "bid" not in wire  # None fields are omitted
+    assert decode_event(encode_event(t)) == t
+
+
+def test_plain_json_from_another_producer_is_accepted():
+    raw = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "price.tick", "timestamp": 1, "token": "ETH",
+                      "source": "go-service", "price": 3000, "volume_1m": 0, "bid": 2999.5, "ask": 3000.5})
+    ev = decode_event(raw.encode(), (PriceTick,))
+    assert isinstance(ev, PriceTick) and ev.bid == 2999.5
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b"{not json", "Invalid JSON"),
+    (b"[1, 2]", "Input should be an object"),
+    (b"{}", "discriminator"),
+    (b'{"event_type": "price.tick"}', "Field required"),
+    (b'{"event_type": "nope", "event_id": "x"}', "does not match any of the expected tags"),
+])
+def test_invalid_messages_raise_with_a_reason(raw, needle):
+    with pytest.raises(EventError) as err:
+        decode_event(raw)
+    assert needle in err.value.reason
+
+
+def test_field_validation():
+    for bad in ({"price": -1}, {"price": float("nan")}, {"token": ""}, {"timestamp": -5}):
+        with pytest.raises(EventError):
+            decode_event(json.dumps({**json.loads(encode_event(tick())), **bad}).encode())
+    with pytest.raises(EventError, match="does not belong on this topic"):
+        decode_event(encode_event(tick()), (TradeExecuted,))
+    with pytest.raises(EventError, match="Extra inputs"):
+        decode_event(json.dumps({**json.loads(encode_event(tick())), "surprise": 1}).encode())
+
+
+def test_derived_ids_are_stable():
+    assert derived_id("consensus", "BTC", 5000) == derived_id("consensus", "BTC", 5000)
+    assert derived_id("consensus", "BTC", 5000) != derived_id("consensus", "ETH", 5000)
+
+
+def test_consensus_decision_schema():
+    d = ConsensusDecision(event_id=new_event_id(), event_type="trade.consensus_approved", timestamp=1, token="BTC",
+                          source="consensus", consensus_score=85.0, contributing_agents=["a"],
+                          recommended_action="BUY", window_start=0, window_end=5000)
+    assert decode_event(encode_event(d)) == d
