@@ -71,7 +71,8 @@ async def on_fill(fill: TradeExecuted) -> list:
         positions={t: {"size": p["size"], "entry_price": p["entry_price"], "mark_price": p["mark_price"],
                        "unrealised_pnl": p["unrealised_pnl"]} for t, p in view["positions"].items()},
         delta={"token": fill.token, "side": fill.side, "filled_amount": fill.filled_amount,
-               "fill_price": fill.fill_price, "fee": fill.fee, "client_order_id": fill.client_order_id},
+               "fill_price": fill.fill_price, "fee": fill.fee, "client_order_id": fill.client_order_id,
+               "seq": pf["fills"]},
         **common))
     if fill.ingest_ms:
         TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))
