@@ -60,11 +60,10 @@ app = faust.App(
     broker_commit_every=1000,
     broker_commit_interval=1.0,
     producer_linger_ms=5,
-    # Faust hands every fetched message to each reading stream's buffer, and a full buffer holds
-    # back delivery for all topics. Small buffers keep a burst of ticks from delaying the
-    # low-volume decision topics (signal → consensus → execution) behind it.
-    stream_buffer_maxsize=256,
-    broker_max_poll_records=500,
+    # The trading agent holds the acks of an open bar's ticks until the bar is stored, so a
+    # rebalance or shutdown must not wait for every event to be acked: unacked events are simply
+    # replayed by the next owner, and every agent is idempotent under replay.
+    stream_wait_empty=False,
     web_in_thread=False,
 )
 

@@ -116,12 +116,16 @@ def mark(pf: Mapping, marks: Mapping[str, float]) -> dict:
 
 def target_order(position: float, equity: float, price: float, action: str, fraction: float,
                  min_notional: float) -> tuple[str, float] | None:
-    """Fixed-fraction sizing: the order that brings the position to ±fraction × equity / price.
+    """Fixed-fraction sizing: from flat or from the opposite side, the order that brings the
+    position to ±fraction × equity / price. A signal in the direction already held places no order
+    (no rebalancing on every price move, so the same signals give the same trades).
 
-    Returns ``(side, qty)`` or ``None`` when the change is below ``min_notional`` (USD) or the
-    action is HOLD.
+    Returns ``(side, qty)`` or ``None`` when the action is HOLD, the position already points that
+    way, or the order would be below ``min_notional`` (USD).
     """
     if action not in ("BUY", "SELL") or equity <= 0 or price <= 0:
+        return None
+    if (action == "BUY" and position > 0) or (action == "SELL" and position < 0):
         return None
     target = (1 if action == "BUY" else -1) * fraction * equity / price
     delta = target - position

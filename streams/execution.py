@@ -59,8 +59,10 @@ async def on_approval(account: str, d: ConsensusDecision) -> list:
         return []
     # In-flight fills the portfolio has applied by now are no longer pending.
     st["inflight"] = {k: v for k, v in st["inflight"].items() if k not in applied}
+    # The decision's price (the last tick of the bar that produced it) is the reference fill
+    # price, so a replay fills at the same price; the shared latest price only stands in for it.
     lp = latest_prices.get(d.token)
-    price = lp["price"] if lp else d.price
+    price = d.price or (lp["price"] if lp else None)
     if not price:
         return [OrderEvent(event_id=new_event_id(), event_type="trade.rejected", timestamp=d.timestamp,
                            token=d.token, source="execution", correlation_id=d.correlation_id,

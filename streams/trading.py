@@ -1,8 +1,16 @@
 """Trading agent: price.tick → OHLCV bars (event time) → pandas-ta indicators → rule-based
 ``signal.generated``.
 
-Per tick it only folds the tick into the open bar (O(1)); indicators run once per closed bar over
-the bounded history in ``bar_history``, so per-tick cost does not grow with history.
+Per tick it only folds the tick into the open bar (O(1), in memory); indicators run once per
+closed bar over the bounded history in the ``bar_history`` table, so per-tick cost does not grow
+with history.
+
+The open bar is not written to a table on every tick: it is rebuilt from the log instead. A tick
+is acked only once the bar holding it has closed and been written to ``bar_history``, so the
+committed offset never passes a tick of an open bar; after a crash or a rebalance the worker that
+owns the partition replays from that offset and rebuilds the open bar exactly, skipping ticks of
+bars already closed (``last_start``). Signal ids derive from (agent, token, bar start), so a
+replayed bar close emits a signal the consensus already counted and ignores.
 """
 
 from __future__ import annotations
@@ -13,29 +21,46 @@ from app.main import TOPICS, app, dead_letter, emit, settings
 from app.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, TICKS_CONSUMED
 from domain import indicators as ind
 from domain import signals
-from domain.bars import Bar, apply_tick
+from domain.bars import Bar, apply_tick, bar_start
 from models.events import EventError, PriceTick, SignalGenerated, decode_event, derived_id
-from tables import bar_history, bars_open, indicators
+from tables import bar_history, indicators
 
 AGENT = "trading.rules"
 _latency = PROCESSING_SECONDS.labels("trading")
 _receive = TICK_RECEIVE_SECONDS
 
 
-async def on_tick(tick: PriceTick, length_ms: int) -> SignalGenerated | None:
-    """Fold one tick into its token's bar; on bar close, compute indicators and return the signal
-    to emit (``None`` when the bar did not close or the rules say HOLD / too weak)."""
-    token = tick.token
-    raw = bars_open.get(token)
-    current = Bar.from_dict(raw) if raw else None
-    notional = tick.price * (tick.size or 0.0)
-    current, closed, late = apply_tick(current, tick.timestamp, tick.price, notional, length_ms)
-    if late:
-        LATE_EVENTS.labels("trading").inc()
-        return None
-    bars_open[token] = current.to_dict()
-    if closed is None:
-        return None
+class OpenBar:
+    """The open bar of one token, the unacked events it holds, and the last closed bar's start."""
+
+    __slots__ = ("bar", "events", "last_closed", "tp")
+
+    def __init__(self, last_closed: int | None, tp=None):
+        self.bar: Bar | None = None
+        self.events: list = []
+        self.last_closed = last_closed
+        self.tp = tp
+
+
+#: token -> OpenBar, for the partitions this worker owns
+_open: dict[str, OpenBar] = {}
+
+
+def open_bars() -> dict[str, dict]:
+    """The open bars (for views): token -> bar dict."""
+    return {t: ob.bar.to_dict() for t, ob in _open.items() if ob.bar is not None}
+
+
+@app.on_partitions_revoked.connect
+async def _forget_revoked(app_, revoked, **kwargs) -> None:
+    # The new owner rebuilds these bars from the committed offsets.
+    for token in [t for t, ob in _open.items() if ob.tp in revoked]:
+        del _open[token]
+
+
+def close_bar(token: str, closed: Bar, length_ms: int, tick: PriceTick) -> SignalGenerated | None:
+    """Append a closed bar to the token's history, compute indicators and the rules; returns the
+    signal to emit (``None`` for HOLD or a score below SIGNAL_MIN_SCORE)."""
     hist = bar_history.get(token) or {"closes": [], "last_start": None}
     closes = hist["closes"]
     closes.append(closed.close)
@@ -59,10 +84,36 @@ async def on_tick(tick: PriceTick, length_ms: int) -> SignalGenerated | None:
         indicators={k: v for k, v in values.items() if not k.endswith("_prev")})
 
 
+def on_tick(tick: PriceTick, event, length_ms: int) -> tuple[SignalGenerated | None, list]:
+    """Fold one tick into its token's open bar. Returns ``(signal or None, events to ack now)``."""
+    token = tick.token
+    ob = _open.get(token)
+    if ob is None:
+        hist = bar_history.get(token)
+        ob = _open[token] = OpenBar(hist["last_start"] if hist else None, event.message.tp if event else None)
+    if ob.last_closed is not None and bar_start(tick.timestamp, length_ms) <= ob.last_closed:
+        # A bar already closed and stored: a late tick, or a replay after restart.
+        LATE_EVENTS.labels("trading").inc()
+        return None, [event]
+    notional = tick.price * (tick.size or 0.0)
+    bar, closed, late = apply_tick(ob.bar, tick.timestamp, tick.price, notional, length_ms)
+    if late:
+        LATE_EVENTS.labels("trading").inc()
+        return None, [event]
+    ob.bar = bar
+    if closed is None:
+        ob.events.append(event)
+        return None, []
+    signal = close_bar(token, closed, length_ms, tick)
+    done, ob.events = ob.events, [event]
+    ob.last_closed = closed.start_ms
+    return signal, done
+
+
 @app.agent(TOPICS["price.ticks"], name="trading")
 async def trading(stream):
     length_ms = int(settings.bar_seconds * 1000)
-    async for event in stream.events():
+    async for event in stream.noack().events():
         t0 = time.perf_counter()
         try:
             tick = decode_event(event.value, (PriceTick,))
@@ -70,11 +121,14 @@ async def trading(stream):
                 raise EventError(f"message key {event.key!r} does not match token {tick.token!r}")
         except EventError as exc:
             await dead_letter(event.message, exc.reason, "trading")
+            await stream.ack(event)
             continue
         TICKS_CONSUMED.inc()
         if tick.ingest_ms:
             _receive.observe(max(0.0, time.time() - tick.ingest_ms / 1000.0))
-        signal = await on_tick(tick, length_ms)
+        signal, done = on_tick(tick, event, length_ms)
         if signal is not None:
             await emit(signal)
+        for ev in done:
+            await stream.ack(ev)
         _latency.observe(time.perf_counter() - t0)

@@ -5,7 +5,6 @@ them, so key routing matches the topic partitioning.
 
 | table | key | partitions | written by | value |
 |---|---|---|---|---|
-| bars_open | token | 10 | trading | the open OHLCV bar (domain.bars.Bar as dict) |
 | bar_history | token | 10 | trading | {"closes": [...], "last_start": ms} bounded to BAR_HISTORY |
 | indicators | token | 10 | trading | last bar's indicator values and signal |
 | consensus_windows | token | 5 | consensus | open 5 s windows and the closed-until watermark |
@@ -20,7 +19,6 @@ from app.main import app
 # Keys are raw bytes like the topic keys (so table routing hashes a key as its topic does); values JSON.
 _json = dict(key_type=bytes)
 
-bars_open = app.Table("bars_open", partitions=10, help="open OHLCV bar per token", **_json)
 bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
 consensus_windows = app.Table("consensus_windows", partitions=5, help="open consensus windows per token", **_json)

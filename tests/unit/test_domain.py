@@ -115,6 +115,9 @@ def test_fixed_fraction_sizing():
     assert target_order(0.0, 10_000, 100, "BUY", 0.1, 10) == ("BUY", pytest.approx(10))
     assert target_order(10.0, 10_000, 100, "SELL", 0.1, 10) == ("SELL", pytest.approx(20))
     assert target_order(10.0, 10_000, 100, "BUY", 0.1, 10) is None
+    assert target_order(3.0, 10_000, 100, "BUY", 0.1, 10) is None  # already long: no rebalancing
+    assert target_order(-3.0, 10_000, 100, "BUY", 0.1, 10) == ("BUY", pytest.approx(13))
+    assert target_order(0.0, 50, 100, "BUY", 0.1, 10) is None  # 5 USD < minimum notional
     assert target_order(0.0, 10_000, 100, "HOLD", 0.1, 10) is None
 
 
