@@ -5,6 +5,7 @@
 #   scripts/services.sh up      start both (fetches the Kafka jars from Maven Central once)
 #   scripts/services.sh down    stop both
 #   scripts/services.sh status  say what runs
+#   scripts/services.sh purge   stop both and delete their data (the Kafka jars stay cached)
 #
 # Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (55432). Idempotent: a service
 # that already answers is left alone.
@@ -182,7 +183,11 @@ case "${1:-}" in
   up) pg_up; kafka_up ;;
   down) kafka_down; pg_down ;;
   status) status ;;
+  purge)
+    kafka_down; pg_down
+    rm -rf "$KAFKA_DIR/data" "$KAFKA_DIR/logs" "$(pg_dir)"
+    say "services: data deleted" ;;
   kafka-up) kafka_up ;;
   pg-up) pg_up ;;
-  *) say "usage: $0 up|down|status"; exit 2 ;;
+  *) say "usage: $0 up|down|status|purge"; exit 2 ;;
 esac
