@@ -185,3 +185,27 @@ async def test_trading_agent_replay_after_restart_rebuilds_open_bar_without_doub
         for t in ticks:
             await agent.put(value=encode_event(t), key=b"ETH")
     assert bar_history.get("ETH")["closes"] == closes
+
+
+async def test_risk_agent_marks_to_market_and_alerts_above_max_leverage(outputs):
+    from streams import risk as rk
+    from tables import exposures
+
+    exposures.data.clear()
+    rk._alerted.clear()
+    rk._seen.clear()
+    rk.invalidate_exposures()
+    exposures.data[b"paper"] = {"cash": -200_000.0, "positions": {"BTC": {"size": 4.0, "entry_price": 60_000.0}}}
+    def tick(ts, price):
+        return PriceTick(event_id=new_event_id(), timestamp=ts, token="BTC", source="t", price=price)
+    async with rk.risk.test_context() as agent:
+        await agent.put(value=encode_event(tick(T0, 60_000.0)), key=b"BTC")  # equity 40k, leverage 6
+        await agent.put(value=encode_event(tick(T0 + 1000, 60_100.0)), key=b"BTC")  # still high: no repeat
+        rk.invalidate_exposures()
+        exposures.data[b"paper"] = {"cash": 0.0, "positions": {"BTC": {"size": 1.0, "entry_price": 60_000.0}}}
+        await agent.put(value=encode_event(tick(T0 + 2000, 60_000.0)), key=b"BTC")  # leverage 1: ok again
+    alerts = outputs["risk.alerts"].sent
+    assert [v["event_type"] for _, v in alerts] == ["risk.alert", "risk.ok"]
+    assert alerts[0][0] == b"paper" and alerts[0][1]["metrics"]["leverage"] == pytest.approx(6.0)
+    assert alerts[0][1]["violation_type"] == "max_leverage"
+    assert latest_prices.get("BTC")["price"] == 60_000.0
