@@ -171,12 +171,14 @@ async def dead_letter(message, reason: str, agent: str) -> None:
     from models.events import DeadLetter, derived_id
 
     raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value), "utf-8")
-    text = raw.decode("utf-8", errors="replace")
+    # NUL cannot be stored in jsonb: replace it too, and keep the exact bytes in base64.
+    text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     b64 = None
-    if text.encode("utf-8", errors="replace") != raw:
+    if text.encode("utf-8") != raw or b"\\u0000" in raw:
         import base64
 
         b64 = base64.b64encode(raw).decode()
+        text = text.replace("\\u0000", "\\ufffd")
     ts = message.timestamp
     dl = DeadLetter(
         event_id=derived_id("dead_letter", message.topic, message.partition, message.offset),

@@ -283,8 +283,13 @@ def decode_event(raw: bytes | str, expect: tuple[type[Envelope], ...] | None = N
 
     Raises:
         EventError: not JSON, not an object, unknown ``event_type``, a field invalid, or an event
-            type that does not belong on this topic; ``reason`` names the first problem.
+            type that does not belong on this topic, or a NUL character (``\\u0000``, which
+            PostgreSQL's jsonb cannot store); ``reason`` names the first problem.
     """
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if isinstance(raw, bytes) and b"\\u0000" in raw:
+        raise EventError("contains a NUL character (U+0000), which the event store cannot keep")
     try:
         event = _ADAPTER.validate_json(raw)
     except ValidationError as exc:

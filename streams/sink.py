@@ -67,7 +67,9 @@ def _make_sink(name: str):
                 try:
                     rows.append(to_row(event.value))
                 except EventError as exc:
-                    if name not in VALIDATED_ELSEWHERE:
+                    if name == "dead.letters":  # never dead-letter a dead letter (no loops)
+                        log.error("invalid message on the dead-letter topic skipped: %s", exc.reason)
+                    elif name not in VALIDATED_ELSEWHERE:
                         await dead_letter(event.message, exc.reason, f"sink.{name}")
             await write_with_retry(rows, name)
             for event in events:

@@ -46,6 +46,8 @@ def test_plain_json_from_another_producer_is_accepted():
     (b"{}", "discriminator"),
     (b'{"event_type": "price.tick"}', "Field required"),
     (b'{"event_type": "nope", "event_id": "x"}', "does not match any of the expected tags"),
+    (b'{"event_type": "price.tick", "source": "a\\u0000"}', "NUL character"),
+    (None, "JSON input should be string"),
 ])
 def test_invalid_messages_raise_with_a_reason(raw, needle):
     with pytest.raises(EventError) as err:
@@ -73,3 +75,29 @@ def test_consensus_decision_schema():
                           source="consensus", consensus_score=85.0, contributing_agents=["a"],
                           recommended_action="BUY", window_start=0, window_end=5000)
     assert decode_event(encode_event(d)) == d
+
+
+def test_dead_letter_of_nul_bytes_is_itself_storable():
+    """A dead letter must always be a valid, storable event, or the sink would loop on it."""
+    import asyncio
+
+    from app import main
+
+    class Msg:
+        topic, partition, offset, timestamp = "price.ticks", 0, 7, 1.5
+        value = b'{"source": "a\\u0000", "x": "\x00\xff"}'
+
+    sent = []
+
+    class Out:
+        async def send(self, key=None, value=None):
+            sent.append(value)
+
+    saved = main.OUTPUTS["dead.letters"]
+    main.OUTPUTS["dead.letters"] = Out()
+    try:
+        asyncio.run(main.dead_letter(Msg(), "contains a NUL character (U+0000)", "test"))
+    finally:
+        main.OUTPUTS["dead.letters"] = saved
+    letter = decode_event(sent[0])
+    assert letter.raw_b64 and letter.offset == 7 and "\x00" not in letter.raw
