@@ -13,6 +13,7 @@ metadata on the wire, so producers in any language can write these topics.
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from datetime import timedelta
 
 import faust
 
-from app.metrics import EVENTS_PRODUCED
+from app.metrics import DEAD_LETTERS, EVENTS_PRODUCED
 from app.settings import get_settings
-from models.events import Envelope, encode_event
+from models.events import NUL_ESCAPE, DeadLetter, Envelope, derived_id, encode_event
 
 log = logging.getLogger("moondev")
 settings = get_settings()
@@ -168,24 +169,18 @@ async def dead_letter(message, reason: str, agent: str) -> None:
     ``message`` is the Faust ``Message`` (``event.message``). The dead letter's id is derived from
     topic, partition and offset, so a redelivered bad message is stored once.
     """
-    from models.events import DeadLetter, derived_id
-
     raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value), "utf-8")
     # NUL cannot be stored in jsonb: replace it too, and keep the exact bytes in base64.
     text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     b64 = None
-    if text.encode("utf-8") != raw or b"\\u0000" in raw:
-        import base64
-
+    if text.encode("utf-8") != raw or NUL_ESCAPE in raw:
         b64 = base64.b64encode(raw).decode()
-        text = text.replace("\\u0000", "\\ufffd")
+        text = text.replace(NUL_ESCAPE.decode(), "\\ufffd")
     ts = message.timestamp
     dl = DeadLetter(
         event_id=derived_id("dead_letter", message.topic, message.partition, message.offset),
         timestamp=int(ts * 1000) if ts else 0, source=agent, raw=text[:100_000], raw_b64=b64,
         topic=message.topic, partition=message.partition, offset=message.offset, reason=reason[:2000])
     log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
-    from app.metrics import DEAD_LETTERS
-
     DEAD_LETTERS.labels(message.topic).inc()
     await emit(dl)

@@ -266,6 +266,10 @@ for _cls in Event.__origin__.__args__:  # type: ignore[attr-defined]
         EVENT_TYPES[_t] = _cls
 
 
+#: A JSON-escaped NUL: valid JSON, but PostgreSQL's jsonb cannot store it.
+NUL_ESCAPE = b"\\u0000"
+
+
 class EventError(ValueError):
     """A message that is not a valid event; ``reason`` says why in one line."""
 
@@ -288,7 +292,7 @@ def decode_event(raw: bytes | str, expect: tuple[type[Envelope], ...] | None = N
     """
     if isinstance(raw, str):
         raw = raw.encode()
-    if isinstance(raw, bytes) and b"\\u0000" in raw:
+    if isinstance(raw, bytes) and NUL_ESCAPE in raw:
         raise EventError("contains a NUL character (U+0000), which the event store cannot keep")
     try:
         event = _ADAPTER.validate_json(raw)

@@ -61,8 +61,7 @@ async def on_approval(account: str, d: ConsensusDecision) -> list:
     st["inflight"] = {k: v for k, v in st["inflight"].items() if k not in applied}
     # The decision's price (the last tick of the bar that produced it) is the reference fill
     # price, so a replay fills at the same price; the shared latest price only stands in for it.
-    lp = latest_prices.get(d.token)
-    price = d.price or (lp["price"] if lp else None)
+    price = d.price or (latest_prices.get(d.token) or {}).get("price")
     if not price:
         return [OrderEvent(event_id=new_event_id(), event_type="trade.rejected", timestamp=d.timestamp,
                            token=d.token, source="execution", correlation_id=d.correlation_id,

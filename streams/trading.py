@@ -46,11 +46,6 @@ class OpenBar:
 _open: dict[str, OpenBar] = {}
 
 
-def open_bars() -> dict[str, dict]:
-    """The open bars (for views): token -> bar dict."""
-    return {t: ob.bar.to_dict() for t, ob in _open.items() if ob.bar is not None}
-
-
 @app.on_partitions_revoked.connect
 async def _forget_revoked(app_, revoked, **kwargs) -> None:
     # The new owner rebuilds these bars from the committed offsets.
