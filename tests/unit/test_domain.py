@@ -10,7 +10,6 @@ import pytest
 from domain import consensus as cs
 from domain import indicators, signals
 from domain.bars import Bar, apply_tick, bar_start
-from domain.paper import market_fill
 from domain.portfolio import apply_fill, mark, new_portfolio, roll_day, target_order
 from feeds.files import read_ticks
 
@@ -75,16 +74,6 @@ def test_consensus_score_is_confidence_weighted():
     assert cs.score([], {}) == (0.0, {})
     assert cs.window_start(12_345, 5_000) == 10_000
     assert cs.action_of(-3) == "SELL"
-
-
-def test_paper_fill_applies_adverse_slippage_and_fee():
-    f = market_fill("BUY", 2.0, 100.0, fee_bps=5, slippage_bps=10)
-    assert f.fill_price == pytest.approx(100.1) and f.fee == pytest.approx(100.1 * 2 * 5e-4)
-    assert f.slippage == pytest.approx(0.1)
-    s = market_fill("SELL", 1.0, 100.0, 0, 10)
-    assert s.fill_price == pytest.approx(99.9) and s.slippage == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        market_fill("BUY", 0, 100, 0, 0)
 
 
 def test_portfolio_cash_positions_and_realised_pnl():

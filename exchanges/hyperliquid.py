@@ -1,0 +1,159 @@
+"""HyperLiquid through its official Python SDK (``hyperliquid-python-sdk``).
+
+Orders: ``Exchange.order`` with an IOC limit at the reference price ± ``slippage`` (the SDK's own
+market-order convention, rounded by its tick rules), ``reduce_only`` for closing orders and the
+client order id as ``cloid``; the SDK signs the action with the account's key (EIP-712 over the
+msgpack action hash). Fills: the ``userFills`` WebSocket channel of ``Info``, matched to the order
+by ``oid``; each carries HyperLiquid's trade id (``tid``), price, size and fee. If the fills do not
+arrive within ``fill_timeout_s``, the order response's ``totalSz``/``avgPx`` are used with the fee
+estimated at ``taker_fee_bps``, and the log says so.
+
+The SDK is synchronous (``requests`` and a ``websocket-client`` thread): HTTP calls run in a worker
+thread and WebSocket callbacks are handed to the event loop with ``call_soon_threadsafe``.
+
+Response formats (from the SDK's docs and examples)::
+
+    {"status": "ok", "response": {"type": "order", "data": {"statuses": [
+        {"filled": {"totalSz": "0.02", "avgPx": "1891.4", "oid": 77747314}}]}}}
+    {"status": "ok", "response": {"type": "order", "data": {"statuses": [{"error": "..."}]}}}
+    {"status": "err", "response": "..."}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from exchanges.base import ExchangeError, Fill, Order, OrderResult
+
+log = logging.getLogger(__name__)
+
+
+class HyperliquidExchange:
+    name = "hyperliquid"
+
+    def __init__(self, secret_key: str, base_url: str, account_address: str | None = None,
+                 slippage: float = 0.05, fill_timeout_s: float = 5.0, taker_fee_bps: float = 4.5,
+                 timeout_s: float = 10.0):
+        self._secret_key = secret_key
+        self.base_url = base_url.rstrip("/")
+        self.account_address = account_address
+        self.slippage, self.fill_timeout_s, self.taker_fee_bps = slippage, fill_timeout_s, taker_fee_bps
+        self.timeout_s = timeout_s
+        self._exchange = None
+        self._info = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # oid -> fills received (WebSocket fills may arrive before the HTTP answer)
+        self._fills: dict[int, list[dict]] = defaultdict(list)
+        self._waiters: dict[int, asyncio.Event] = {}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"HyperliquidExchange(base_url={self.base_url!r}, account={self.account_address!r})"
+
+    async def start(self) -> None:
+        import eth_account
+        from hyperliquid.exchange import Exchange
+        from hyperliquid.info import Info
+
+        self._loop = asyncio.get_running_loop()
+        wallet = eth_account.Account.from_key(self._secret_key)
+        self.account_address = self.account_address or wallet.address
+        try:
+            self._info = await asyncio.to_thread(Info, self.base_url, False, None, None, None, self.timeout_s)
+            self._exchange = await asyncio.to_thread(
+                Exchange, wallet, self.base_url, None, None, self.account_address, None, None, self.timeout_s)
+        except Exception as exc:  # requests errors carry no secret; the key is never in them
+            raise ExchangeError(f"HyperLiquid at {self.base_url} unreachable: {type(exc).__name__}") from None
+        self._info.subscribe({"type": "userFills", "user": self.account_address}, self._on_ws_fills)
+        log.info("HyperLiquid adapter started for %s at %s", self.account_address, self.base_url)
+
+    async def stop(self) -> None:
+        if self._info is not None:
+            await asyncio.to_thread(self._info.disconnect_websocket)
+            self._info = None
+
+    # Called from the SDK's WebSocket thread.
+    def _on_ws_fills(self, msg: dict) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._record_fills, msg)
+
+    def _record_fills(self, msg: dict) -> None:
+        data = msg.get("data") or {}
+        if data.get("isSnapshot"):
+            return  # fills from before this session
+        for f in data.get("fills", []):
+            oid = f.get("oid")
+            if oid is None:
+                continue
+            self._fills[oid].append(f)
+            ev = self._waiters.get(oid)
+            if ev is not None:
+                ev.set()
+
+    async def _await_fills(self, oid: int, total: float) -> list[dict] | None:
+        deadline = time.monotonic() + self.fill_timeout_s
+        ev = self._waiters.setdefault(oid, asyncio.Event())
+        try:
+            while sum(float(f["sz"]) for f in self._fills.get(oid, [])) < total - 1e-12:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                ev.clear()
+                try:
+                    await asyncio.wait_for(ev.wait(), left)
+                except asyncio.TimeoutError:
+                    return None
+            return self._fills.pop(oid, [])
+        finally:
+            self._waiters.pop(oid, None)
+
+    async def submit(self, order: Order) -> OrderResult:
+        from hyperliquid.utils.types import Cloid
+
+        if self._exchange is None:
+            raise ExchangeError("HyperLiquid adapter not started")
+        is_buy = order.side == "BUY"
+        try:
+            px = self._exchange._slippage_price(order.token, is_buy, self.slippage, order.reference_price)
+            resp = await asyncio.to_thread(
+                self._exchange.order, order.token, is_buy, order.size, px, {"limit": {"tif": "Ioc"}},
+                order.reduce_only, Cloid.from_str(order.client_order_id))
+        except KeyError:
+            return OrderResult("rejected", None, [], f"unknown coin {order.token!r} on HyperLiquid")
+        except ValueError as exc:  # the SDK refuses sizes/prices it cannot put on the wire exactly
+            return OrderResult("rejected", None, [], f"invalid order for HyperLiquid: {exc}")
+        except Exception as exc:
+            raise ExchangeError(f"HyperLiquid order failed: {type(exc).__name__}") from None
+        if not isinstance(resp, dict) or resp.get("status") != "ok":
+            reason = resp.get("response") if isinstance(resp, dict) else resp
+            if "duplicate" in str(reason).lower():
+                return OrderResult("duplicate", None, [], str(reason))
+            return OrderResult("rejected", None, [], f"HyperLiquid: {reason}")
+        try:
+            status = resp["response"]["data"]["statuses"][0]
+        except (KeyError, IndexError, TypeError):
+            raise ExchangeError(f"HyperLiquid answered an unreadable order response: {str(resp)[:200]}") from None
+        if "error" in status:
+            err = str(status["error"])
+            if "duplicate" in err.lower():
+                return OrderResult("duplicate", None, [], err)
+            return OrderResult("rejected", None, [], f"HyperLiquid: {err}")
+        if "filled" not in status:  # an IOC never rests; anything else is unexpected
+            return OrderResult("rejected", str(status.get("resting", {}).get("oid")), [],
+                               f"HyperLiquid: unexpected status {status}")
+        filled = status["filled"]
+        oid, total = int(filled["oid"]), float(filled["totalSz"])
+        raw = await self._await_fills(oid, total)
+        if raw is None:
+            avg = float(filled["avgPx"])
+            log.warning("HyperLiquid fills of oid %s not received within %.1fs: using the order response, "
+                        "fee estimated", oid, self.fill_timeout_s)
+            fills = [Fill(f"hl-{oid}", total, avg, avg * total * self.taker_fee_bps / 1e4, order.ts_ms)]
+        else:
+            fills = [Fill(f"hl-{f['tid']}", float(f["sz"]), float(f["px"]), float(f.get("fee", 0.0)),
+                          int(f.get("time", order.ts_ms))) for f in raw]
+        st = "filled" if total >= order.size - 1e-12 else "partially_filled"
+        return OrderResult(st, str(oid), fills, None if st == "filled" else
+                           f"IOC remainder {order.size - total:g} cancelled")
