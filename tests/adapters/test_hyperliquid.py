@@ -1,0 +1,78 @@
+"""The HyperLiquid adapter (official SDK) against a local HyperLiquid API over HTTP + WebSocket."""
+
+from __future__ import annotations
+
+import eth_account
+import pytest
+
+from exchanges.base import Order
+from exchanges.hyperliquid import HyperliquidExchange
+from tests.servers.hyperliquid import FakeHyperliquid
+
+KEY = "0x" + "4c" * 32  # a throwaway test key, never funded
+
+
+@pytest.fixture
+async def hl():
+    wallet = eth_account.Account.from_key(KEY)
+    server = FakeHyperliquid(wallet.address, {"BTC": 50_000.0, "ETH": 2_500.0})
+    url = await server.start()
+    adapter = HyperliquidExchange(KEY, url, fill_timeout_s=3.0)
+    await adapter.start()
+    await server.wait_subscribed()
+    yield server, adapter
+    await adapter.stop()
+    await server.stop()
+
+
+def order(size=0.02, side="BUY", token="BTC", cloid="0x" + "1f" * 16, reduce_only=False):
+    return Order("hl", token, side, size, 50_000.0 if token == "BTC" else 2_500.0, cloid, 1_000, reduce_only)
+
+
+async def test_signed_ioc_order_with_cloid_fills_from_the_user_fills_channel(hl):
+    server, adapter = hl
+    result = await adapter.submit(order(0.02))
+    assert result.status == "filled" and result.order_id == "77747314"
+    # Two fills pushed on userFills, each with HyperLiquid's trade id and fee.
+    assert [f.size for f in result.fills] == [0.01, 0.01]
+    assert {f.fill_id for f in result.fills} == {"hl-500000001", "hl-500000002"}
+    assert all(f.price == 50_000.0 and f.fee == pytest.approx(0.01 * 50_000 * 0.00045) for f in result.fills)
+    (sent,) = server.orders
+    wire = sent["action"]["orders"][0]
+    # IOC limit at +5 % (the SDK's market convention), 5 significant figures; our cloid; signed by us.
+    assert wire["t"] == {"limit": {"tif": "Ioc"}} and wire["p"] == "52500" and wire["s"] == "0.02"
+    assert wire["c"] == "0x" + "1f" * 16 and wire["r"] is False
+    assert server.signers == [eth_account.Account.from_key(KEY).address.lower()]
+
+
+async def test_same_client_order_id_reaches_the_exchange_once(hl):
+    server, adapter = hl
+    first = await adapter.submit(order(0.02))
+    again = await adapter.submit(order(0.02))
+    assert first.status == "filled" and again.status == "duplicate" and not again.fills
+
+
+async def test_exchange_rejections_carry_hyperliquid_reason(hl):
+    server, adapter = hl
+    small = await adapter.submit(order(0.0001, cloid="0x" + "2a" * 16))  # 5 USD
+    assert small.status == "rejected" and "minimum value of $10" in small.reason
+    unknown = await adapter.submit(Order("hl", "PEPE", "BUY", 1.0, 1.0, "0x" + "3b" * 16, 1))
+    assert unknown.status == "rejected" and "unknown coin" in unknown.reason
+
+
+async def test_reduce_only_sell(hl):
+    server, adapter = hl
+    result = await adapter.submit(order(0.5, side="SELL", token="ETH", cloid="0x" + "4d" * 16, reduce_only=True))
+    assert result.status == "filled" and sum(f.size for f in result.fills) == pytest.approx(0.5)
+    wire = server.orders[-1]["action"]["orders"][0]
+    assert wire["r"] is True and wire["b"] is False and wire["p"] == "2375"
+
+
+async def test_missing_user_fills_fall_back_to_the_order_response(hl):
+    server, adapter = hl
+    server._sockets.clear()  # the WebSocket push is lost
+    adapter.fill_timeout_s = 0.3
+    result = await adapter.submit(order(0.02, cloid="0x" + "5e" * 16))
+    (f,) = result.fills
+    assert f.size == 0.02 and f.price == 50_000.0 and f.fee == pytest.approx(0.02 * 50_000 * 4.5e-4)
+    assert "secret" not in repr(adapter) and KEY not in repr(adapter)
