@@ -85,7 +85,7 @@ test: install up
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
-	$(BIN)/python -m pytest tests/unit tests/agents $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/agents tests/adapters $(PYTEST_ARGS)
 
 bench: install up
 	$(BIN)/python bench/pipeline.py

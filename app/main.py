@@ -60,7 +60,7 @@ app = faust.App(
     # acked it (the event-store sink acks after its rows are committed).
     broker_commit_every=1000,
     broker_commit_interval=1.0,
-    producer_linger_ms=5,
+    producer_linger_ms=1,
     # The trading agent holds the acks of an open bar's ticks until the bar is stored, so a
     # rebalance or shutdown must not wait for every event to be acked: unacked events are simply
     # replayed by the next owner, and every agent is idempotent under replay.
@@ -184,3 +184,17 @@ async def dead_letter(message, reason: str, agent: str) -> None:
     log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
     DEAD_LETTERS.labels(message.topic).inc()
     await emit(dl)
+
+
+async def valid_events(stream, expect: tuple, agent: str):
+    """Iterate ``(event, decoded)`` over a stream's events; messages that fail to decode or do not
+    belong (``expect``: allowed event classes) go to the dead letters with the reason."""
+    from models.events import EventError, decode_event
+
+    async for event in stream.events():
+        try:
+            decoded = decode_event(event.value, expect)
+        except EventError as exc:
+            await dead_letter(event.message, exc.reason, agent)
+            continue
+        yield event, decoded

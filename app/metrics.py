@@ -37,3 +37,12 @@ CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's hi
                      ["topic", "partition"], registry=REGISTRY)
 EQUITY = Gauge("moondev_portfolio_equity_usd", "Portfolio equity (USD)", ["account"], registry=REGISTRY)
 LEVERAGE = Gauge("moondev_portfolio_leverage", "Gross notional / equity", ["account"], registry=REGISTRY)
+ORDERS = Counter("moondev_orders_total", "Orders by outcome (filled, partially_filled, rejected, duplicate, "
+                 "constraint)", ["outcome"], registry=REGISTRY)
+EXCHANGE_ERRORS = Counter("moondev_exchange_errors_total", "Exchange adapter errors (retried)", ["exchange"],
+                          registry=REGISTRY)
+RISK_EVAL_SECONDS = Histogram(
+    "moondev_risk_evaluation_seconds", "Risk evaluation of one account on one tick (seconds)",
+    buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005), registry=REGISTRY)
+NOTIFICATIONS = Counter("moondev_notifications_total", "Discord notifications by outcome (sent, dropped, "
+                        "rate_limited)", ["outcome"], registry=REGISTRY)

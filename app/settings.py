@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.risk import DEFAULT_ASSETS, AssetSpec, Limits
+from domain.sizing import SizingRule
 
 
 class Settings(BaseSettings):
@@ -54,13 +59,46 @@ class Settings(BaseSettings):
     #: Agent weights for the confidence-weighted score; agents not listed weigh 1.
     agent_weights: dict[str, float] = Field(default_factory=lambda: {"trading.rules": 1.0})
 
-    # --- execution (paper exchange) and risk
+    # --- execution and risk
+    #: Exchange adapter: ``paper`` (default) or ``hyperliquid`` (needs HYPERLIQUID_SECRET_KEY).
+    exchange: Literal["paper", "hyperliquid"] = "paper"
     fee_bps: float = Field(4.5, ge=0, description="taker fee, basis points of notional")
-    slippage_bps: float = Field(1.0, ge=0, description="adverse slippage, basis points of price")
-    #: Target position notional as a fraction of equity (fixed-fraction sizing).
+    slippage_bps: float = Field(1.0, ge=0, description="adverse slippage at the touch, basis points")
+    #: Paper book: liquidity per level (USD), price step between levels (bps), levels before an
+    #: IOC remainder is cancelled, and a simulated answer latency (ms).
+    paper_level_notional_usd: float = Field(250_000.0, gt=0)
+    paper_level_step_bps: float = Field(1.0, ge=0)
+    paper_max_levels: int = Field(20, ge=1)
+    paper_latency_ms: float = Field(0.0, ge=0)
+    hyperliquid_base_url: str = "https://api.hyperliquid.xyz"
+    hyperliquid_secret_key: SecretStr | None = None
+    hyperliquid_account_address: str | None = None
+    #: Target position notional as a fraction of equity (the default strategy's fixed fraction).
     position_fraction: float = Field(0.10, gt=0, le=10)
+    #: Sizing per strategy (JSON): {"name": {"method": "fixed"|"kelly", "fraction", "payoff_ratio",
+    #: "kelly_multiplier", "kelly_cap", "boost_confidence", "boost_multiplier"}}; a decision's
+    #: ``strategy`` picks one, ``default`` otherwise (built from POSITION_FRACTION when absent).
+    sizing: dict[str, SizingRule] = Field(default_factory=dict)
     min_order_notional_usd: float = Field(10.0, ge=0)
     max_leverage: float = Field(3.0, gt=0)
+    #: Leverage orders are opened at (initial margin = notional / min(this, asset max leverage)).
+    order_leverage: float = Field(10.0, gt=0)
+    max_position_notional_usd: float = Field(50_000.0, gt=0)
+    daily_loss_limit_pct: float = Field(5.0, gt=0, le=100)
+    #: Exchange metadata per token (JSON {"BTC": {"max_leverage": 40, "sz_decimals": 5}, ...}).
+    assets: dict[str, AssetSpec] = Field(default_factory=lambda: dict(DEFAULT_ASSETS))
+    #: Price move (% against the reference price) that raises a risk.alert while exposed.
+    price_alert_pct: float = Field(5.0, gt=0)
+    #: Liquidation cascades: daily volatility and fallback daily volume for the square-root impact
+    #: estimate, and the estimated loss (% of equity) above which risk.cascade_detected is emitted.
+    cascade_daily_vol: float = Field(0.03, gt=0)
+    cascade_default_daily_volume_usd: float = Field(1e9, gt=0)
+    cascade_alert_pct_equity: float = Field(0.5, gt=0)
+
+    # --- Discord notifier (off without a webhook URL; the URL is a secret and never logged)
+    discord_webhook_url: SecretStr | None = None
+    #: WARNING alerts are batched for at most this long (CRITICAL ones are sent at once).
+    discord_batch_seconds: float = Field(2.0, gt=0, le=5)
 
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
@@ -72,6 +110,18 @@ class Settings(BaseSettings):
         if "://" not in v:
             v = f"kafka://{v}"
         return v
+
+    @model_validator(mode="after")
+    def _exchange_keys(self) -> "Settings":
+        if self.exchange == "hyperliquid" and self.hyperliquid_secret_key is None:
+            raise ValueError("EXCHANGE=hyperliquid needs HYPERLIQUID_SECRET_KEY")
+        self.sizing.setdefault("default", SizingRule(fraction=self.position_fraction))
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_leverage, self.order_leverage, self.max_position_notional_usd,
+                      self.daily_loss_limit_pct, self.min_order_notional_usd)
 
     def topic(self, name: str) -> str:
         """Full topic name for a SPEC §3 topic name, with the configured prefix."""

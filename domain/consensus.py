@@ -39,3 +39,13 @@ def decide(score_value: float, agents: int, threshold: float, min_agents: int) -
 
 def action_of(score_value: float) -> str:
     return "BUY" if score_value > 0 else "SELL" if score_value < 0 else "HOLD"
+
+
+def confidence(signals: Iterable[Mapping], weights: Mapping[str, float], default_weight: float = 1.0) -> float | None:
+    """Agent-weight-averaged confidence (0-1) of the signals; ``None`` without signals."""
+    num = den = 0.0
+    for s in signals:
+        w = weights.get(s["agent"], default_weight)
+        num += w * s["confidence"]
+        den += w
+    return round(num / den, 6) if den > 0 else None

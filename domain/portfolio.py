@@ -32,7 +32,7 @@ class Closed:
     token: str
     entry_price: float
     exit_price: float
-    size: float  # signed size that was closed
+    size: float  # the position's largest signed size over its life (base units)
     pnl_usd: float  # realised over the position's life, net of its fees
     duration_s: float
 
@@ -54,7 +54,7 @@ def apply_fill(pf: dict, token: str, side: str, qty: float, price: float, fee: f
     closed: Closed | None = None
     if pos is None or abs(pos["size"]) < _EPS:
         pf["positions"][token] = {"size": q, "entry_price": price, "opened_ms": ts_ms,
-                                  "realised_pnl": 0.0, "fees": fee}
+                                  "realised_pnl": 0.0, "fees": fee, "peak_size": q}
     else:
         size = pos["size"]
         pos["fees"] += fee
@@ -62,6 +62,7 @@ def apply_fill(pf: dict, token: str, side: str, qty: float, price: float, fee: f
             new = size + q
             pos["entry_price"] = (pos["entry_price"] * size + price * q) / new
             pos["size"] = new
+            pos["peak_size"] = new if abs(new) > abs(pos.get("peak_size", size)) else pos.get("peak_size", size)
         else:
             reduce = min(abs(q), abs(size))
             pnl = (price - pos["entry_price"]) * reduce * (1 if size > 0 else -1)
@@ -72,12 +73,12 @@ def apply_fill(pf: dict, token: str, side: str, qty: float, price: float, fee: f
                 # Fee of the part that opens a flipped position belongs to the new one.
                 flip_qty = abs(remaining) if size * remaining < 0 else 0.0
                 flip_fee = fee * flip_qty / qty
-                closed = Closed(token, pos["entry_price"], price, size,
+                closed = Closed(token, pos["entry_price"], price, pos.get("peak_size", size),
                                 pos["realised_pnl"] - (pos["fees"] - flip_fee),
                                 max(0.0, (ts_ms - pos["opened_ms"]) / 1000.0))
                 if flip_qty > 0:
                     pf["positions"][token] = {"size": remaining, "entry_price": price, "opened_ms": ts_ms,
-                                              "realised_pnl": 0.0, "fees": flip_fee}
+                                              "realised_pnl": 0.0, "fees": flip_fee, "peak_size": remaining}
                 else:
                     del pf["positions"][token]
             else:

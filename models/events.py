@@ -131,6 +131,10 @@ class ConsensusDecision(TokenEvent):
     window_end: int
     price: PositiveFloat | None = None
     reason: str | None = None
+    #: Weight-averaged confidence (0-1) of the contributing signals; above 0.8 sizes the trade up.
+    confidence: Annotated[float, Field(ge=0, le=1)] | None = None
+    #: Sizing strategy name (settings SIZING); ``default`` when absent.
+    strategy: str | None = None
 
 
 # ---------------------------------------------------------------- risk
@@ -154,7 +158,10 @@ class CorrelationDetected(TokenEvent):
 
 # ---------------------------------------------------------------- orders and fills
 class OrderEvent(AccountEvent):
-    """``size`` in base units (coins), ``price`` the decision price (USD)."""
+    """``size`` in base units (coins), ``price`` the decision price (USD). A ``trade.force_close``
+    asks the execution engine to close ``token``'s whole position (every position when ``token``
+    is absent) with reduce-only orders; ``size`` and ``side`` then describe the position seen by
+    the requester."""
 
     event_type: Literal["trade.placed", "trade.rejected", "trade.force_close"]
     order_id: str | None = None
@@ -165,6 +172,7 @@ class OrderEvent(AccountEvent):
     price: PositiveFloat | None = None
     reason: str | None = None
     decision_id: uuid.UUID | None = None
+    reduce_only: bool = False
 
 
 class TradeExecuted(AccountEvent):
@@ -180,10 +188,19 @@ class TradeExecuted(AccountEvent):
     fee: NonNegFloat
     slippage: Finite = 0.0
     decision_price: PositiveFloat | None = None
+    #: Unique per execution (an order may fill in parts); the portfolio's idempotency key.
+    #: Defaults to ``client_order_id`` for producers that send one fill per order.
+    fill_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    reduce_only: bool = False
+
+    @property
+    def fill_key(self) -> str:
+        return self.fill_id or self.client_order_id
 
 
 class PositionClosed(AccountEvent):
-    """A position returned to zero: ``pnl_usd`` realised over its life net of fees."""
+    """A position returned to zero: ``pnl_usd`` realised over its life net of fees; ``size`` its
+    largest signed size (base units), ``entry_price`` its average entry (USD)."""
 
     event_type: Literal["position.closed"] = "position.closed"
     order_id: str

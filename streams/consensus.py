@@ -33,6 +33,7 @@ def _decision(token: str, start: int, window: dict, approved: bool, ts: int) -> 
         consensus_score=score, contributing_agents=sorted({s["agent"] for s in sigs}),
         recommended_action=cs.action_of(score), signal_ids=list(window["signals"]), weights=weights,
         window_start=start, window_end=start + settings.consensus_window_ms, price=last.get("price"),
+        confidence=cs.confidence(sigs, settings.agent_weights),
         reason=None if approved else f"|score| {abs(score):.1f} <= {settings.consensus_threshold} "
                                      f"or agents {len(weights)} < {settings.consensus_min_agents}")
 

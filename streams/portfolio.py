@@ -1,9 +1,10 @@
 """Portfolio agent: ``trade.executed`` → the account's ``portfolio`` table (cash, positions,
 realised PnL, fees) → ``state.changed``, and ``position.closed`` when a position returns to zero.
 
-Fill application is idempotent on the client order id (``portfolio.applied``), so a redelivered
-fill is not counted twice. The account's positions are mirrored into the ``exposures`` global
-table, which the risk agent reads on every tick.
+Fill application is idempotent on the fill id (``portfolio.applied``, which also lists the client
+order ids of applied orders for the execution engine), so a redelivered fill is not counted twice.
+The account's positions are mirrored into the ``exposures`` global table, which the risk agent
+reads on every tick.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from app.main import TOPICS, app, dead_letter, emit, settings
 from app.metrics import EQUITY, LEVERAGE, PROCESSING_SECONDS, TICK_TO_FILL_SECONDS
 from domain.portfolio import apply_fill, mark, new_portfolio, roll_day
+from domain.risk import evaluate
 from models.events import (EventError, PositionClosed, StateEvent, TradeExecuted, decode_event, derived_id)
 from streams.risk import invalidate_exposures
 from tables import exposures, latest_prices, portfolio
@@ -31,29 +33,40 @@ def marks_for(pf: dict) -> dict[str, float]:
 
 def portfolio_view(pf: dict) -> dict:
     """JSON view of a portfolio marked to the latest prices (USD)."""
-    m = mark(pf, marks_for(pf))
+    marks = marks_for(pf)
+    m = mark(pf, marks)
+    risk = evaluate(pf["cash"], pf["positions"], marks, settings.assets, settings.max_leverage)
+    for t, p in m["positions"].items():
+        p["liquidation_price"] = risk.positions[t].liquidation_price
+        p["liquidation_distance_pct"] = risk.positions[t].distance_pct
     return {"cash": pf["cash"], "equity": m["equity"], "gross_notional": m["gross_notional"],
             "leverage": m["leverage"] if m["leverage"] != float("inf") else None,
             "realised_pnl": pf["realised_pnl"], "unrealised_pnl": m["unrealised_pnl"],
             "fees_paid": pf["fees_paid"], "fills": pf.get("fills", 0), "updated_ms": pf["updated_ms"],
-            "positions": m["positions"]}
+            "risk_score": risk.risk_score, "positions": m["positions"]}
 
 
 async def on_fill(fill: TradeExecuted) -> list:
     """Apply one fill to its account; returns the events to emit."""
     account = fill.account
     pf = portfolio.get(account) or new_portfolio(settings.initial_cash_usd)
-    if fill.client_order_id in pf["applied"]:
+    key = fill.fill_key
+    if key in pf["applied"]:
         return []
     before = mark(pf, marks_for(pf))
     roll_day(pf, fill.timestamp, before["equity"])
     closed = apply_fill(pf, fill.token, fill.side, fill.filled_amount, fill.fill_price, fill.fee,
-                        fill.timestamp, fill.client_order_id)
+                        fill.timestamp, key)
+    if key != fill.client_order_id and fill.client_order_id not in pf["applied"]:
+        pf["applied"].append(fill.client_order_id)  # the engine's "order already filled" check
     portfolio[account] = pf
     exposures[account] = {"cash": pf["cash"], "positions": {
-        t: {"size": p["size"], "entry_price": p["entry_price"]} for t, p in pf["positions"].items()}}
+        t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
+        for t, p in pf["positions"].items()}}
     invalidate_exposures()
-    view = mark(pf, {**marks_for(pf), fill.token: fill.fill_price})
+    marks = {**marks_for(pf), fill.token: fill.fill_price}
+    view = mark(pf, marks)
+    risk = evaluate(pf["cash"], pf["positions"], marks, settings.assets, settings.max_leverage)
     daily = roll_day(pf, fill.timestamp, view["equity"])
     lev = view["leverage"] if view["leverage"] != float("inf") else 1e9
     EQUITY.labels(account).set(view["equity"])
@@ -62,17 +75,20 @@ async def on_fill(fill: TradeExecuted) -> list:
                   correlation_id=fill.correlation_id, ingest_ms=fill.ingest_ms, account=account)
     out: list = []
     if closed is not None:
-        out.append(PositionClosed(event_id=derived_id("closed", fill.client_order_id), order_id=fill.order_id,
+        out.append(PositionClosed(event_id=derived_id("closed", key), order_id=fill.order_id,
                                   exit_price=fill.fill_price, entry_price=closed.entry_price, size=closed.size,
                                   pnl_usd=closed.pnl_usd, duration_s=closed.duration_s, **common))
     out.append(StateEvent(
-        event_id=derived_id("state", fill.client_order_id), event_type="state.changed",
+        event_id=derived_id("state", key), event_type="state.changed",
         portfolio_value=view["equity"], cash=pf["cash"], leverage_ratio=lev, daily_pnl=daily,
         positions={t: {"size": p["size"], "entry_price": p["entry_price"], "mark_price": p["mark_price"],
-                       "unrealised_pnl": p["unrealised_pnl"]} for t, p in view["positions"].items()},
+                       "unrealised_pnl": p["unrealised_pnl"],
+                       "liquidation_price": risk.positions[t].liquidation_price,
+                       "liquidation_distance_pct": risk.positions[t].distance_pct}
+                   for t, p in view["positions"].items()},
         delta={"token": fill.token, "side": fill.side, "filled_amount": fill.filled_amount,
                "fill_price": fill.fill_price, "fee": fill.fee, "client_order_id": fill.client_order_id,
-               "seq": pf["fills"]},
+               "fill_id": key, "seq": pf["fills"], "risk_score": risk.risk_score},
         **common))
     if fill.ingest_ms:
         TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))

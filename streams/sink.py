@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 
-import orjson
 
 from app.main import TOPICS, app, dead_letter, settings
 from app.metrics import SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS

@@ -15,6 +15,7 @@ replayed bar close emits a signal the consensus already counted and ignores.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from app.main import TOPICS, app, dead_letter, emit, settings
@@ -23,8 +24,10 @@ from domain import indicators as ind
 from domain import signals
 from domain.bars import Bar, apply_tick, bar_start
 from models.events import EventError, PriceTick, SignalGenerated, decode_event, derived_id
+from streams.risk import halted_accounts
 from tables import bar_history, indicators
 
+log = logging.getLogger(__name__)
 AGENT = "trading.rules"
 _latency = PROCESSING_SECONDS.labels("trading")
 _receive = TICK_RECEIVE_SECONDS
@@ -123,7 +126,12 @@ async def trading(stream):
             _receive.observe(max(0.0, time.time() - tick.ingest_ms / 1000.0))
         signal, done = on_tick(tick, event, length_ms)
         if signal is not None:
-            await emit(signal)
+            # Bars and indicators keep building while trading is halted; only signals stop.
+            halted = halted_accounts()
+            if halted:
+                log.info("signal for %s suppressed: trading halted for %s", tick.token, ", ".join(halted))
+            else:
+                await emit(signal)
         for ev in done:
             await stream.ack(ev)
         _latency.observe(time.perf_counter() - t0)

@@ -11,7 +11,8 @@ them, so key routing matches the topic partitioning.
 | portfolio | account | 5 | portfolio | domain.portfolio state |
 | execution_state | account | 5 | execution | in-flight and recently submitted client order ids |
 | latest_prices (global) | token | 10 | risk | {"price", "ts"} last tick per token |
-| exposures (global) | account | 5 | portfolio | {"cash", "positions"} for marking to market |
+| exposures (global) | account | 5 | portfolio | {"cash", "positions", "day_start_equity"} for marking to market |
+| halt (global) | account | 3 | halt (from risk.alerts) | {"halted", "reason", "since_ms", "event_id"} |
 """
 
 from app.main import app
@@ -26,3 +27,4 @@ portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", *
 execution_state = app.Table("execution_state", partitions=5, help="execution engine state per account", **_json)
 latest_prices = app.GlobalTable("latest_prices", partitions=10, help="last price per token", **_json)
 exposures = app.GlobalTable("exposures", partitions=5, help="positions per account, for risk", **_json)
+halt = app.GlobalTable("halt", partitions=3, help="trading-halt flag per account", **_json)

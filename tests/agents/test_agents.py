@@ -4,45 +4,22 @@ outputs instead of Kafka topics."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 import app as _app  # noqa: F401  (registers every agent and table)
 from app import main
+from domain.sizing import SizingRule
 from feeds.files import read_ticks
 from models.events import ConsensusDecision, PriceTick, SignalGenerated, TradeExecuted, encode_event, new_event_id
 from streams.consensus import consensus
 from streams.execution import client_order_id, execution
 from streams.portfolio import portfolio_agent
 from streams.trading import trading
-from tables import consensus_windows, execution_state, latest_prices, portfolio
+from tables import latest_prices, portfolio
 
 T0 = 1_723_161_280_000
-
-
-class Recorder:
-    """Stands in for an output topic: keeps what was sent, decoded."""
-
-    def __init__(self):
-        self.sent: list[tuple[bytes | None, dict]] = []
-
-    async def send(self, key=None, value=None, **_):
-        self.sent.append((key, json.loads(value)))
-
-    def of(self, event_type: str) -> list[dict]:
-        return [v for _, v in self.sent if v.get("event_type") == event_type]
-
-
-@pytest.fixture
-def outputs(monkeypatch):
-    recorders = {name: Recorder() for name in main.TOPICS}
-    for name, rec in recorders.items():
-        monkeypatch.setitem(main.OUTPUTS, name, rec)
-    for table in (consensus_windows, execution_state, portfolio, latest_prices):
-        table.data.clear()
-    return recorders
 
 
 def signal(ts: int, action="BUY", score=90.0, agent="trading.rules", price=100.0) -> SignalGenerated:
@@ -126,7 +103,8 @@ async def test_execution_places_one_order_per_decision(outputs):
 
 
 async def test_execution_rejects_orders_over_max_leverage(outputs, monkeypatch):
-    monkeypatch.setattr(main.settings, "position_fraction", 5.0)
+    monkeypatch.setitem(main.settings.sizing, "default", SizingRule(fraction=5.0))
+    monkeypatch.setattr(main.settings, "max_position_notional_usd", 1e9)
     async with execution.test_context() as agent:
         await agent.put(value=encode_event(approval()), key=b"paper")
     assert not outputs["trade.executed"].sent

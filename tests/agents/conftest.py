@@ -1,0 +1,38 @@
+"""Shared fixtures of the agent tests: recording outputs and clean tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import app as _app  # noqa: F401  (registers every agent and table)
+from app import main
+from streams import risk
+from tables import consensus_windows, execution_state, exposures, halt, latest_prices, portfolio
+
+
+class Recorder:
+    """Stands in for an output topic: keeps what was sent, decoded."""
+
+    def __init__(self):
+        self.sent: list[tuple[bytes | None, dict]] = []
+
+    async def send(self, key=None, value=None, **_):
+        self.sent.append((key, json.loads(value)))
+
+    def of(self, event_type: str) -> list[dict]:
+        return [v for _, v in self.sent if v.get("event_type") == event_type]
+
+
+@pytest.fixture
+def outputs(monkeypatch):
+    recorders = {name: Recorder() for name in main.TOPICS}
+    for name, rec in recorders.items():
+        monkeypatch.setitem(main.OUTPUTS, name, rec)
+    for table in (consensus_windows, execution_state, portfolio, latest_prices, exposures, halt):
+        table.data.clear()
+    for memo in (risk._alerted, risk._reference, risk._closing, risk._seen, risk._written):
+        memo.clear()
+    risk.invalidate_exposures()
+    return recorders

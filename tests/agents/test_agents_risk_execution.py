@@ -1,0 +1,159 @@
+"""Risk agent, halt flag, cascade detection and the execution engine's force-close path, run as the
+real Faust agents in Faust's test context (``memory://`` tables, recording outputs)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from app import main
+from models.events import (ConsensusDecision, LiquidationEvent, OrderEvent, PriceTick, RiskEvent, TradeExecuted,
+                           encode_event, new_event_id)
+from streams.execution import execution
+from streams.portfolio import portfolio_agent
+from streams.risk import cascade, halt_agent, risk
+from tables import halt, portfolio
+
+T0 = 1_723_161_280_000
+
+
+def fill(side, qty, price, ts=T0, account="acct", token="BTC", cloid=None):
+    cloid = cloid or "0x" + uuid.uuid4().hex
+    return TradeExecuted(event_id=new_event_id(), timestamp=ts, token=token, source="test", account=account,
+                         order_id="o-" + cloid[2:10], client_order_id=cloid, side=side, fill_price=price,
+                         filled_amount=qty, fee=0.0)
+
+
+def tick(price, ts, token="BTC"):
+    return PriceTick(event_id=new_event_id(), timestamp=ts, token=token, source="test", price=price)
+
+
+async def build_5x_long(outputs):
+    """10 BTC long at 50,000 on 100,000 USD: 5x, liquidation at 40,506.33 (cross, BTC mmr 1.25 %)."""
+    async with portfolio_agent.test_context() as agent:
+        await agent.put(value=encode_event(fill("BUY", 10.0, 50_000.0)), key=b"acct")
+    outputs["state.changes"].sent.clear()
+
+
+async def test_critical_buffer_emits_risk_critical_and_one_force_close(outputs, monkeypatch):
+    monkeypatch.setattr(main.settings, "initial_cash_usd", 100_000.0)
+    await build_5x_long(outputs)
+    async with risk.test_context() as agent:
+        for i, px in enumerate([50_000.0, 48_000.0, 46_000.0, 45_000.0, 44_900.0, 44_800.0]):
+            await agent.put(value=encode_event(tick(px, T0 + 1000 * (i + 1))), key=b"BTC")
+    alerts = outputs["risk.alerts"]
+    (lev,) = [a for a in alerts.of("risk.alert") if a["violation_type"] == "max_leverage"]
+    assert lev["metrics"]["leverage"] == pytest.approx(5.0)
+    moves = [a for a in alerts.of("risk.alert") if a["violation_type"] == "price_move"]
+    assert [m["metrics"]["price"] for m in moves] == [46_000.0]  # -8 % from the 50,000 entry
+    (crit,) = alerts.of("risk.critical")  # once, though three ticks are inside the buffer
+    assert crit["metrics"]["liquidation_price"] == pytest.approx(40_506.33, abs=0.01)
+    assert crit["metrics"]["distance_pct"] < 10
+    (fc,) = outputs["orders"].of("trade.force_close")
+    assert fc["account"] == "acct" and fc["side"] == "SELL" and fc["size"] == 10.0 and fc["reduce_only"]
+    assert fc["client_order_id"] == crit["metrics"]["client_order_id"]
+
+    # The engine closes the whole position, though trading is halted (max leverage): reduce-only.
+    async with halt_agent.test_context() as agent:
+        await agent.put(value=encode_event(RiskEvent.model_validate(lev)), key=b"acct")
+    assert halt.get("acct")["halted"]
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(OrderEvent.model_validate(fc)), key=b"acct")
+        await agent.put(value=encode_event(OrderEvent.model_validate(fc)), key=b"acct")  # duplicate
+    closing = outputs["trade.executed"].of("trade.executed")  # 450,000 USD walks two book levels
+    assert sum(f["filled_amount"] for f in closing) == pytest.approx(10.0) and len(closing) == 2
+    assert all(f["side"] == "SELL" and f["reduce_only"] for f in closing)
+    assert closing[0]["fill_price"] == pytest.approx(45_000.0 * (1 - main.settings.slippage_bps / 1e4))
+    async with portfolio_agent.test_context() as agent:
+        for f in closing:
+            await agent.put(value=encode_event(TradeExecuted.model_validate(f)), key=b"acct")
+    assert portfolio.get("acct")["positions"] == {}
+    (closed,) = outputs["trade.executed"].of("position.closed")
+    assert closed["pnl_usd"] < -49_000
+
+
+async def test_halt_blocks_opening_orders_until_risk_ok(outputs):
+    alert = RiskEvent(event_id=new_event_id(), event_type="risk.alert", timestamp=T0, source="test", account="paper",
+                      severity="WARNING", violation_type="max_leverage", action_required="halt")
+    ok = RiskEvent(event_id=new_event_id(), event_type="risk.ok", timestamp=T0 + 1, source="test", account="paper",
+                   severity="INFO")
+    d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
+                          source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                          recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0)
+    async with halt_agent.test_context() as agent:
+        await agent.put(value=encode_event(alert), key=b"paper")
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d), key=b"paper")
+    (rej,) = outputs["orders"].of("trade.rejected")
+    assert rej["reason"].startswith("trading halted")
+    async with halt_agent.test_context() as agent:
+        await agent.put(value=encode_event(ok), key=b"paper")
+    assert not halt.get("paper")["halted"]
+    d2 = d.model_copy(update={"event_id": uuid.uuid4()})
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d2), key=b"paper")
+    assert len(outputs["trade.executed"].of("trade.executed")) == 1
+
+
+async def test_large_order_fills_in_parts_and_portfolio_counts_each_part_once(outputs, monkeypatch):
+    monkeypatch.setattr(main.settings, "max_position_notional_usd", 1e9)
+    monkeypatch.setattr(main.settings, "max_leverage", 10.0)
+    from domain.sizing import SizingRule
+    monkeypatch.setitem(main.settings.sizing, "big", SizingRule(fraction=6.0))  # 600,000 USD
+    d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
+                          source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                          recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0,
+                          strategy="big")
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d), key=b"paper")
+    fills = outputs["trade.executed"].of("trade.executed")
+    assert [f["filled_amount"] for f in fills] == pytest.approx([5.0, 5.0, 2.0])  # 250,000 USD per level
+    assert len({f["fill_id"] for f in fills}) == 3
+    assert fills[2]["slippage"] > fills[0]["slippage"] > 0
+    async with portfolio_agent.test_context() as agent:
+        for f in fills + fills:  # each redelivered
+            await agent.put(value=encode_event(TradeExecuted.model_validate(f)), key=b"paper")
+    assert portfolio.get("paper")["positions"]["BTC"]["size"] == pytest.approx(12.0)
+    async with execution.test_context() as agent:  # the approval again: already filled
+        await agent.put(value=encode_event(d), key=b"paper")
+    assert len(outputs["orders"].of("trade.placed")) == 1
+
+
+async def test_constraint_denials_are_events_with_reasons(outputs):
+    d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="PEPE",
+                          source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                          recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=0.00001)
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d), key=b"paper")
+    (rej,) = outputs["orders"].of("trade.rejected")
+    (viol,) = outputs["risk.alerts"].of("risk.constraint_violation")
+    assert viol["violation_type"] == "unknown_token" and "PEPE" in rej["reason"]
+
+
+async def test_cascade_on_exposed_side_only(outputs):
+    async with portfolio_agent.test_context() as agent:
+        await agent.put(value=encode_event(fill("BUY", 10.0, 50_000.0, account="acct")), key=b"acct")
+    liq = LiquidationEvent(event_id=new_event_id(), timestamp=T0 + 1000, token="BTC", source="test",
+                           liquidation_count=40, notional=25_000_000.0, side="SELL", cascade_indicator=3.0)
+    async with cascade.test_context() as agent:
+        await agent.put(value=encode_event(liq), key=b"BTC")
+        await agent.put(value=encode_event(liq.model_copy(update={"event_id": new_event_id(), "side": "BUY"})),
+                        key=b"BTC")  # forced buys do not hurt a long
+    (c,) = outputs["risk.alerts"].of("risk.cascade_detected")
+    # sqrt law: 3 % × sqrt(25e6 / 1e9) = 0.474 % of 500,000 exposure = 2,372 USD = 2.4 % of equity
+    assert c["metrics"]["estimated_impact_pct"] == pytest.approx(3 * (25e6 / 1e9) ** 0.5)
+    assert c["metrics"]["estimated_loss_usd"] == pytest.approx(500_000 * 0.03 * (25e6 / 1e9) ** 0.5)
+    assert c["severity"] == "CRITICAL" and c["account"] == "acct"
+
+
+async def test_out_of_order_and_invalid_ticks_do_not_move_marks(outputs):
+    await build_5x_long(outputs)
+    async with risk.test_context() as agent:
+        await agent.put(value=encode_event(tick(50_000.0, T0 + 2000)), key=b"BTC")
+        await agent.put(value=encode_event(tick(30_000.0, T0 + 1000)), key=b"BTC")  # late: ignored
+        await agent.put(value=b'{"event_type": "price.tick", "price": -1}', key=b"BTC")
+        await agent.put(value=b'{"event_type":"price.tick","event_id":"%s","timestamp":1,"token":"BTC",'
+                              b'"source":"x","price":NaN}' % str(uuid.uuid4()).encode(), key=b"BTC")
+    assert not outputs["risk.alerts"].of("risk.critical")
+    assert not outputs["orders"].sent
