@@ -22,7 +22,7 @@ help:
 	@echo "make test     install, start Kafka + PostgreSQL, run pytest (unit, agent and integration tests)"
 	@echo "make up/down  start/stop the local Kafka broker and PostgreSQL server (and the worker)"
 	@echo "make stop     stop the worker started by make run"
-	@echo "make bench    whole-path throughput and latency benchmark (bench/pipeline.py)"
+	@echo "make bench    whole-path and risk benchmarks (bench/pipeline.py, bench/risk.py)"
 
 $(BIN)/.installed: pyproject.toml
 	@py=$$(scripts/find-python.sh) && echo "using $$py" && \
@@ -89,6 +89,7 @@ unit: install
 
 bench: install up
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/risk.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench
