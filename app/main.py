@@ -23,7 +23,7 @@ import faust
 
 from app.metrics import DEAD_LETTERS, EVENTS_PRODUCED
 from app.settings import get_settings
-from models.events import NUL_ESCAPE, DeadLetter, Envelope, derived_id, encode_event
+from models.events import NUL_ESCAPE, DeadLetter, Envelope, EventError, decode_event, derived_id, encode_event
 
 log = logging.getLogger("moondev")
 settings = get_settings()
@@ -189,8 +189,6 @@ async def dead_letter(message, reason: str, agent: str) -> None:
 async def valid_events(stream, expect: tuple, agent: str):
     """Iterate ``(event, decoded)`` over a stream's events; messages that fail to decode or do not
     belong (``expect``: allowed event classes) go to the dead letters with the reason."""
-    from models.events import EventError, decode_event
-
     async for event in stream.events():
         try:
             decoded = decode_event(event.value, expect)

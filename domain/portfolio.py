@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from domain.risk import DEFAULT_ASSETS, AssetSpec, evaluate
+
 #: Client order ids remembered per account to make fill application idempotent.
 APPLIED_MEMORY = 500
 _EPS = 1e-12
@@ -92,27 +94,23 @@ def apply_fill(pf: dict, token: str, side: str, qty: float, price: float, fee: f
     return closed
 
 
-def mark(pf: Mapping, marks: Mapping[str, float]) -> dict:
-    """Mark positions to market. ``marks`` token → price (USD); a token without a mark uses its
-    entry price. Returns ``{"equity", "gross_notional", "leverage", "unrealised_pnl",
-    "positions": {token: {"size", "entry_price", "mark_price", "notional", "unrealised_pnl"}}}``;
-    leverage = gross notional / equity (∞ when equity ≤ 0)."""
-    positions = {}
-    gross = upnl = value = 0.0
-    for token, p in pf["positions"].items():
-        m = marks.get(token) or p["entry_price"]
-        notional = p["size"] * m
-        u = (m - p["entry_price"]) * p["size"]
-        positions[token] = {"size": p["size"], "entry_price": p["entry_price"], "mark_price": m,
-                            "notional": notional, "unrealised_pnl": u,
-                            "realised_pnl": p.get("realised_pnl", 0.0)}
-        gross += abs(notional)
-        upnl += u
-        value += notional
-    equity = pf["cash"] + value
-    leverage = gross / equity if equity > 0 else float("inf")
-    return {"equity": equity, "gross_notional": gross, "leverage": leverage,
-            "unrealised_pnl": upnl, "positions": positions}
+def mark(pf: Mapping, marks: Mapping[str, float], assets: Mapping[str, AssetSpec] = DEFAULT_ASSETS,
+         max_leverage: float = 3.0) -> dict:
+    """Mark positions to market and add their risk (:func:`domain.risk.evaluate`, the one marking
+    implementation). ``marks`` token → price (USD); a token without a mark uses its entry price.
+    Returns ``{"equity", "gross_notional", "leverage", "unrealised_pnl", "risk_score", "positions":
+    {token: {"size", "entry_price", "mark_price", "notional", "unrealised_pnl", "realised_pnl",
+    "liquidation_price", "liquidation_distance_pct"}}}``; leverage = gross notional / equity (∞ when
+    equity ≤ 0)."""
+    r = evaluate(pf["cash"], pf["positions"], marks, assets, max_leverage)
+    positions = {
+        t: {"size": p.size, "entry_price": p.entry_price, "mark_price": p.mark_price, "notional": p.notional,
+            "unrealised_pnl": p.unrealised_pnl, "realised_pnl": pf["positions"][t].get("realised_pnl", 0.0),
+            "liquidation_price": p.liquidation_price, "liquidation_distance_pct": p.distance_pct}
+        for t, p in r.positions.items()}
+    return {"equity": r.equity, "gross_notional": r.gross_notional, "leverage": r.leverage,
+            "unrealised_pnl": sum(p.unrealised_pnl for p in r.positions.values()), "risk_score": r.risk_score,
+            "positions": positions}
 
 
 def target_order(position: float, equity: float, price: float, action: str, fraction: float,

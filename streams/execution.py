@@ -100,9 +100,8 @@ class _Book:
         self.account = account
         self.state = execution_state.get(account) or {"inflight": {}, "submitted": []}
         self.pf = portfolio.get(account) or new_portfolio(settings.initial_cash_usd)
-        applied = set(self.pf["applied"])
-        self.applied = applied
-        self.state["inflight"] = {k: v for k, v in self.state["inflight"].items() if k not in applied}
+        self.applied = set(self.pf["applied"])
+        self.state["inflight"] = {k: v for k, v in self.state["inflight"].items() if k not in self.applied}
         self.positions = {t: dict(p) for t, p in self.pf["positions"].items()}
         self.cash = self.pf["cash"]
         for f in self.state["inflight"].values():

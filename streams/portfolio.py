@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, dead_letter, emit, settings
+from app.main import TOPICS, app, emit, settings, valid_events
 from app.metrics import EQUITY, LEVERAGE, PROCESSING_SECONDS, TICK_TO_FILL_SECONDS
 from domain.portfolio import apply_fill, mark, new_portfolio, roll_day
-from domain.risk import evaluate
-from models.events import (EventError, PositionClosed, StateEvent, TradeExecuted, decode_event, derived_id)
+from models.events import PositionClosed, StateEvent, TradeExecuted, derived_id
 from streams.risk import invalidate_exposures
 from tables import exposures, latest_prices, portfolio
 
@@ -33,17 +32,12 @@ def marks_for(pf: dict) -> dict[str, float]:
 
 def portfolio_view(pf: dict) -> dict:
     """JSON view of a portfolio marked to the latest prices (USD)."""
-    marks = marks_for(pf)
-    m = mark(pf, marks)
-    risk = evaluate(pf["cash"], pf["positions"], marks, settings.assets, settings.max_leverage)
-    for t, p in m["positions"].items():
-        p["liquidation_price"] = risk.positions[t].liquidation_price
-        p["liquidation_distance_pct"] = risk.positions[t].distance_pct
+    m = mark(pf, marks_for(pf), settings.assets, settings.max_leverage)
     return {"cash": pf["cash"], "equity": m["equity"], "gross_notional": m["gross_notional"],
             "leverage": m["leverage"] if m["leverage"] != float("inf") else None,
             "realised_pnl": pf["realised_pnl"], "unrealised_pnl": m["unrealised_pnl"],
             "fees_paid": pf["fees_paid"], "fills": pf.get("fills", 0), "updated_ms": pf["updated_ms"],
-            "risk_score": risk.risk_score, "positions": m["positions"]}
+            "risk_score": m["risk_score"], "positions": m["positions"]}
 
 
 async def on_fill(fill: TradeExecuted) -> list:
@@ -53,8 +47,10 @@ async def on_fill(fill: TradeExecuted) -> list:
     key = fill.fill_key
     if key in pf["applied"]:
         return []
-    before = mark(pf, marks_for(pf))
-    roll_day(pf, fill.timestamp, before["equity"])
+    # Equity before the fill opens a new day's PnL: cash plus positions at their marks.
+    prior = marks_for(pf)
+    roll_day(pf, fill.timestamp, pf["cash"] + sum(p["size"] * (prior.get(t) or p["entry_price"])
+                                                  for t, p in pf["positions"].items()))
     closed = apply_fill(pf, fill.token, fill.side, fill.filled_amount, fill.fill_price, fill.fee,
                         fill.timestamp, key)
     if key != fill.client_order_id and fill.client_order_id not in pf["applied"]:
@@ -65,8 +61,7 @@ async def on_fill(fill: TradeExecuted) -> list:
         for t, p in pf["positions"].items()}}
     invalidate_exposures()
     marks = {**marks_for(pf), fill.token: fill.fill_price}
-    view = mark(pf, marks)
-    risk = evaluate(pf["cash"], pf["positions"], marks, settings.assets, settings.max_leverage)
+    view = mark(pf, marks, settings.assets, settings.max_leverage)
     daily = roll_day(pf, fill.timestamp, view["equity"])
     lev = view["leverage"] if view["leverage"] != float("inf") else 1e9
     EQUITY.labels(account).set(view["equity"])
@@ -81,14 +76,12 @@ async def on_fill(fill: TradeExecuted) -> list:
     out.append(StateEvent(
         event_id=derived_id("state", key), event_type="state.changed",
         portfolio_value=view["equity"], cash=pf["cash"], leverage_ratio=lev, daily_pnl=daily,
-        positions={t: {"size": p["size"], "entry_price": p["entry_price"], "mark_price": p["mark_price"],
-                       "unrealised_pnl": p["unrealised_pnl"],
-                       "liquidation_price": risk.positions[t].liquidation_price,
-                       "liquidation_distance_pct": risk.positions[t].distance_pct}
+        positions={t: {k: p[k] for k in ("size", "entry_price", "mark_price", "unrealised_pnl",
+                                         "liquidation_price", "liquidation_distance_pct")}
                    for t, p in view["positions"].items()},
         delta={"token": fill.token, "side": fill.side, "filled_amount": fill.filled_amount,
                "fill_price": fill.fill_price, "fee": fill.fee, "client_order_id": fill.client_order_id,
-               "fill_id": key, "seq": pf["fills"], "risk_score": risk.risk_score},
+               "fill_id": key, "seq": pf["fills"], "risk_score": view["risk_score"]},
         **common))
     if fill.ingest_ms:
         TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))
@@ -97,13 +90,8 @@ async def on_fill(fill: TradeExecuted) -> list:
 
 @app.agent(TOPICS["trade.executed"], name="portfolio")
 async def portfolio_agent(stream):
-    async for event in stream.events():
+    async for _event, fill in valid_events(stream, (TradeExecuted, PositionClosed), "portfolio"):
         t0 = time.perf_counter()
-        try:
-            fill = decode_event(event.value, (TradeExecuted, PositionClosed))
-        except EventError as exc:
-            await dead_letter(event.message, exc.reason, "portfolio")
-            continue
         if isinstance(fill, PositionClosed):
             continue
         for out in await on_fill(fill):

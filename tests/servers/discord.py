@@ -9,6 +9,8 @@ import time
 
 from aiohttp import web
 
+from tests.servers import serve
+
 
 class FakeDiscord:
     def __init__(self):
@@ -23,12 +25,8 @@ class FakeDiscord:
     async def start(self, webhook_id: str = "1234567890", token: str = "s3cr3t-t0ken") -> str:
         app = web.Application()
         app.router.add_post("/api/webhooks/{id}/{token}", self.execute)
-        self.runner = web.AppRunner(app, access_log=None)  # the server side of the secret URL
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/api/webhooks/{webhook_id}/{token}"
+        self.runner, base = await serve(app)
+        self.url = f"{base}/api/webhooks/{webhook_id}/{token}"
         return self.url
 
     async def stop(self) -> None:

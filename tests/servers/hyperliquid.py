@@ -16,6 +16,8 @@ import json
 import time
 
 from aiohttp import WSMsgType, web
+
+from tests.servers import serve
 from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action
 
 UNIVERSE = [{"name": "BTC", "szDecimals": 5, "maxLeverage": 40}, {"name": "ETH", "szDecimals": 4, "maxLeverage": 25}]
@@ -41,12 +43,8 @@ class FakeHyperliquid:
         app.router.add_post("/info", self.info)
         app.router.add_post("/exchange", self.exchange)
         app.router.add_get("/ws", self.ws)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, base = await serve(app)
+        self.url = base
         return self.url
 
     async def stop(self) -> None:
