@@ -1,13 +1,18 @@
 """Faust tables: the agents' state, each backed by a changelog topic (RocksDB in production).
 
-Values are JSON (dicts); keys are the token or account as raw bytes, like the topics that feed
-them, so key routing matches the topic partitioning.
+Values are JSON (dicts); keys are the token or account as ``str``, serialized raw, so a key's
+bytes (and its partition) are those of the topic key that feeds the table. Keys are typed ``str``
+rather than ``bytes`` so that keys recovered from a changelog equal the keys agents write (the
+``memory://`` store keeps keys unserialized).
 
 | table | key | partitions | written by | value |
 |---|---|---|---|---|
 | bar_history | token | 10 | trading | {"closes": [...], "last_start": ms} bounded to BAR_HISTORY |
 | indicators | token | 10 | trading | last bar's indicator values and signal |
-| consensus_windows | token | 5 | consensus | open 5 s windows and the closed-until watermark |
+| consensus_windows | token | 5 | consensus | the open 5 s window and the closed-until watermark |
+| sentiment_windows | token | 3 | sentiment | 1-minute buckets of the last hour (domain.sentiment) |
+| correlation_windows | token | 3 | correlation | aligned points and running sums (domain.correlation) |
+| correlations (global) | token | 3 | correlation | latest r, points, implied action, for the trading agent |
 | portfolio | account | 5 | portfolio | domain.portfolio state |
 | execution_state | account | 5 | execution | in-flight and recently submitted client order ids |
 | latest_prices (global) | token | 10 | risk | {"price", "ts"} last tick per token |
@@ -17,14 +22,17 @@ them, so key routing matches the topic partitioning.
 
 from app.main import app
 
-# Keys are raw bytes like the topic keys (so table routing hashes a key as its topic does); values JSON.
-_json = dict(key_type=bytes)
+# Raw str keys hash like the topic keys (so table routing matches the topics); values JSON.
+_json = dict(key_type=str)
 
 bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
 consensus_windows = app.Table("consensus_windows", partitions=5, help="open consensus windows per token", **_json)
 portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", **_json)
 execution_state = app.Table("execution_state", partitions=5, help="execution engine state per account", **_json)
+sentiment_windows = app.Table("sentiment_windows", partitions=3, help="sentiment buckets per token", **_json)
+correlation_windows = app.Table("correlation_windows", partitions=3, help="correlation window per token", **_json)
+correlations = app.GlobalTable("correlations", partitions=3, help="latest sentiment-price correlation", **_json)
 latest_prices = app.GlobalTable("latest_prices", partitions=10, help="last price per token", **_json)
 exposures = app.GlobalTable("exposures", partitions=5, help="positions per account, for risk", **_json)
 halt = app.GlobalTable("halt", partitions=3, help="trading-halt flag per account", **_json)
