@@ -1,4 +1,5 @@
-"""Custom commands on the app: ``faust -A app feed FILE --speed X`` and ``faust -A app migrate``.
+"""Custom commands on the app: ``faust -A app feed FILE --speed X``, ``faust -A app sentiment-feed
+FILE`` and ``faust -A app migrate``.
 
 Bad arguments print one line to stderr and exit with status 2 (no traceback).
 """
@@ -93,6 +94,45 @@ async def feed(self, file: str, speed: str, token: str | None, limit: str, max_g
     await app.producer.flush()
     elapsed = time.monotonic() - t0
     self.say(f"fed {len(rows)} ticks in {elapsed:.2f} s ({len(rows) / max(elapsed, 1e-9):.0f} ticks/s)")
+
+
+@app.command(
+    argument("file"),
+    option("--tokens", default="BTC,ETH", show_default=True, help="Tokens the texts are assigned to, round-robin."),
+    option("--rate", default="50", show_default=True, help="Updates per second of event time."),
+    option("--start-ms", default="now", show_default=True, help="Event time of the first text (ms), or 'now'."),
+    option("--speed", default="1", show_default=True, help="Real-time multiple, or 'max'."),
+)
+async def sentiment_feed(self, file: str, tokens: str, rate: str, start_ms: str, speed: str) -> None:
+    """Score real text with VADER and send it as sentiment.update events keyed by token."""
+    from feeds.sentiment import read_updates
+
+    pace = parse_speed(speed)
+    try:
+        per_s = float(rate)
+        start = int(time.time() * 1000) if start_ms == "now" else int(start_ms)
+        if not per_s > 0 or start < 0:
+            raise ValueError
+    except ValueError:
+        fail(f"--rate must be a number > 0 and --start-ms a whole number >= 0 or 'now', got {rate!r}, {start_ms!r}")
+    names = [t.strip().upper() for t in tokens.split(",") if t.strip()]
+    try:
+        updates = list(read_updates(file, names, start, per_s))
+    except FeedError as exc:
+        fail(str(exc))
+    await declare_topics()
+    topic = TOPICS["sentiment.updates"]
+    self.say(f"feeding {len(updates)} scored texts to {topic.get_topic_name()} for {names} at {per_s}/s, speed {speed}")
+    t0 = time.monotonic()
+    for u in updates:
+        if pace:
+            wait = t0 + (u.timestamp - start) / 1000.0 / pace - time.monotonic()
+            if wait > 0.001:
+                await asyncio.sleep(wait)
+        u = u.model_copy(update={"ingest_ms": int(time.time() * 1000)})
+        await topic.send(key=u.token.encode(), value=encode_event(u))
+    await app.producer.flush()
+    self.say(f"fed {len(updates)} sentiment updates in {time.monotonic() - t0:.2f} s")
 
 
 @app.command()

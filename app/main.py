@@ -97,12 +97,16 @@ TOPIC_SPECS: dict[str, TopicSpec] = {
         TopicSpec("dead.letters", 1, 7 * DAY, None),
         # Internal: approvals re-keyed by account for the execution engine.
         TopicSpec("execution.requests", 5, 7 * DAY, "account"),
+        # Internal: 1-minute closes per token from the trading agent, co-partitioned with
+        # sentiment.updates for the correlation join.
+        TopicSpec("price.minutes", 3, 7 * DAY, "token"),
     ]
 }
 
 #: event_type -> SPEC §3 topic name
 TOPIC_OF_EVENT: dict[str, str] = {
     "price.tick": "price.ticks",
+    "price.minute": "price.minutes",
     "liquidation.event": "liquidation.events",
     "sentiment.update": "sentiment.updates",
     "whale.activity": "whale.activity",

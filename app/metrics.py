@@ -46,3 +46,7 @@ RISK_EVAL_SECONDS = Histogram(
     buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005), registry=REGISTRY)
 NOTIFICATIONS = Counter("moondev_notifications_total", "Discord notifications by outcome (sent, dropped, "
                         "rate_limited)", ["outcome"], registry=REGISTRY)
+LLM_REQUESTS = Counter("moondev_llm_requests_total", "LLM advice requests by outcome (ok, timeout, api_error, "
+                       "invalid, late, superseded, dropped)", ["outcome"], registry=REGISTRY)
+LLM_SECONDS = Histogram("moondev_llm_seconds", "LLM advice request time (seconds)",
+                        buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0), registry=REGISTRY)

@@ -47,17 +47,50 @@ class Settings(BaseSettings):
     # --- trading agent
     #: OHLCV bar length in seconds; bars close on event time.
     bar_seconds: float = Field(60.0, gt=0)
-    #: Closed bars kept per token for indicators (SMA(50) and MACD(12,26,9) need at least 50).
-    bar_history: int = Field(120, ge=60, le=5000)
+    #: Closed bars kept per token for indicators. The EMA-based ones (EMA, RSI, MACD) depend on
+    #: their seed; 600 bars (over ten times the longest period, 50) make them agree with a
+    #: full-history computation to 1e-9.
+    bar_history: int = Field(600, ge=60, le=5000)
     #: Minimum rule score (0-100) for the trading agent to emit a BUY/SELL signal.
     signal_min_score: float = Field(40.0, ge=0, le=100)
 
     # --- consensus
     consensus_window_ms: int = Field(5000, gt=0)
     consensus_threshold: float = Field(70.0, ge=0, le=100)
-    consensus_min_agents: int = Field(1, ge=1)
+    consensus_min_agents: int = Field(2, ge=1)
+    #: Signals of other tokens on the same partition may arrive this late (event time) before a
+    #: window is closed by the partition's stream time.
+    consensus_grace_ms: int = Field(1000, ge=0)
     #: Agent weights for the confidence-weighted score; agents not listed weigh 1.
-    agent_weights: dict[str, float] = Field(default_factory=lambda: {"trading.rules": 1.0})
+    agent_weights: dict[str, float] = Field(
+        default_factory=lambda: {"trading.rules": 1.0, "trading.llm": 1.0, "sentiment": 0.8})
+
+    # --- LLM advice (off without ANTHROPIC_API_KEY)
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    llm_model: str = "claude-sonnet-4-5"
+    #: Seconds before an LLM answer counts as late (the request is abandoned, signal.error emitted).
+    llm_timeout_seconds: float = Field(10.0, gt=0)
+    #: Requests in flight at once, and requests waiting (one per token; the oldest is dropped).
+    llm_concurrency: int = Field(4, ge=1, le=64)
+    llm_queue_size: int = Field(32, ge=1)
+    llm_max_tokens: int = Field(400, ge=64)
+
+    # --- sentiment agent
+    #: 5-minute follower-weighted bullish share (%) at or above which (or at or below 100 minus
+    #: which) the agent signals, if the velocity (5-min share minus 1-h share, percentage points)
+    #: agrees by at least SENTIMENT_VELOCITY_PP.
+    sentiment_bullish_pct: float = Field(60.0, gt=50, le=100)
+    sentiment_velocity_pp: float = Field(5.0, ge=0)
+    #: Updates in the 5-minute window for full confidence.
+    sentiment_min_updates: int = Field(20, ge=1)
+
+    # --- sentiment-price correlation
+    correlation_threshold: float = Field(0.7, gt=0, lt=1)
+    #: Aligned 1-minute points needed before r counts.
+    correlation_min_points: int = Field(20, ge=3, le=60)
+    #: Confidence multiplier (1 + this × |r|) for trading signals in the correlated direction.
+    correlation_confidence_boost: float = Field(0.25, ge=0)
 
     # --- execution and risk
     #: Exchange adapter: ``paper`` (default) or ``hyperliquid`` (needs HYPERLIQUID_SECRET_KEY).

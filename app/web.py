@@ -4,7 +4,14 @@
 - ``GET /portfolio/`` and ``/portfolio/{account}/``: cash, equity, positions (size, entry and mark
   price, unrealised PnL), leverage, realised PnL and fees (USD). Routed to the worker that owns
   the account's partition, so any replica answers.
+- ``GET /indicators/{token}/``: the last closed bar, its indicator values and the rule signal.
+- ``GET /sentiment/{token}/``: follower-weighted bullish share (%), updates and weight of the 5m,
+  30m and 1h windows, and the velocity (percentage points).
+- ``GET /correlation/{token}/``: the latest sentiment–price correlation (r, points, implied action).
 - ``GET /metrics/``: Prometheus text exposition.
+
+Token views are routed to the worker that owns the token's partition (404 when nothing is known);
+tokens are upper case, as in the events.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from app.main import app, settings
 from app.metrics import CONSUMER_LAG, REGISTRY
 from streams.portfolio import portfolio_view
 from streams.sink import store
-from tables import portfolio
+from domain import sentiment as sm
+from tables import correlations, indicators, portfolio, sentiment_windows
 
 
 async def _broker_ok() -> bool:
@@ -75,6 +83,41 @@ class AccountPortfolio(View):
     @app.table_route(table=portfolio, match_info="account")
     async def get(self, request: Request, account: str) -> Response:
         return self.json(_portfolio_json(account))
+
+
+def _sentiment_json(state: dict) -> dict:
+    stats = sm.windows(state)
+    return {"watermark_ms": state["watermark"], "velocity_pp": sm.velocity(stats),
+            "windows": {k: {"bullish_pct": v.bullish_pct, "updates": v.updates, "weight": v.weight}
+                        for k, v in stats.items()}}
+
+
+def _token_json(view: View, table, token: str, missing: str, render=lambda v: v) -> Response:
+    value = table.get(token)
+    if value is None:
+        return view.json({"error": f"{missing} for {token}"}, status=404)
+    return view.json({"token": token, **render(value)})
+
+
+@app.page("/indicators/{token}/")
+class Indicators(View):
+    @app.table_route(table=indicators, match_info="token")
+    async def get(self, request: Request, token: str) -> Response:
+        return _token_json(self, indicators, token, "no closed bar")
+
+
+@app.page("/sentiment/{token}/")
+class Sentiment(View):
+    @app.table_route(table=sentiment_windows, match_info="token")
+    async def get(self, request: Request, token: str) -> Response:
+        return _token_json(self, sentiment_windows, token, "no sentiment", _sentiment_json)
+
+
+@app.page("/correlation/{token}/")
+class Correlation(View):
+    async def get(self, request: Request, token: str) -> Response:
+        # a global table: every worker has it, no routing
+        return _token_json(self, correlations, token, "no correlation", lambda v: {"window": "1h", **v})
 
 
 def _update_lag() -> None:

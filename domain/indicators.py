@@ -33,18 +33,18 @@ def compute(closes: Sequence[float], ema_length: int = 20) -> dict[str, float | 
     """
     close = pd.Series(closes, dtype="float64")
     out: dict[str, float | None] = {"close": float(close.iloc[-1]) if len(close) else None}
-    sma20 = ta.sma(close, length=20)
-    sma50 = ta.sma(close, length=50)
+    sma20 = ta.sma(close, length=20, talib=False)
+    sma50 = ta.sma(close, length=50, talib=False)
     out["sma_20"], out["sma_20_prev"] = _last(sma20), _last(sma20, 2)
     out["sma_50"], out["sma_50_prev"] = _last(sma50), _last(sma50, 2)
-    out["ema"] = _last(ta.ema(close, length=ema_length))
-    out["rsi_14"] = _last(ta.rsi(close, length=14))
-    macd = ta.macd(close, fast=12, slow=26, signal=9)
+    out["ema"] = _last(ta.ema(close, length=ema_length, talib=False))
+    out["rsi_14"] = _last(ta.rsi(close, length=14, talib=False))
+    macd = ta.macd(close, fast=12, slow=26, signal=9, talib=False)
     # pandas-ta names columns MACD_12_26_9, MACDh_..., MACDs_...; take them by position.
     out["macd"] = _last(macd.iloc[:, 0]) if macd is not None else None
     out["macd_hist"] = _last(macd.iloc[:, 1]) if macd is not None else None
     out["macd_signal"] = _last(macd.iloc[:, 2]) if macd is not None else None
-    bb = ta.bbands(close, length=20, std=2)
+    bb = ta.bbands(close, length=20, std=2, ddof=0, talib=False)
     out["bb_lower"] = _last(bb.iloc[:, 0]) if bb is not None else None
     out["bb_mid"] = _last(bb.iloc[:, 1]) if bb is not None else None
     out["bb_upper"] = _last(bb.iloc[:, 2]) if bb is not None else None

@@ -73,6 +73,14 @@ class PriceTick(TokenEvent):
     ask: PositiveFloat | None = None
 
 
+class PriceMinute(TokenEvent):
+    """Close of one finished 1-minute bucket of ticks (internal, for the correlation join);
+    ``timestamp`` is the minute's start (ms), ``close`` its last trade price (USD)."""
+
+    event_type: Literal["price.minute"] = "price.minute"
+    close: PositiveFloat
+
+
 class LiquidationEvent(TokenEvent):
     event_type: Literal["liquidation.event"] = "liquidation.event"
     liquidation_count: Annotated[int, Field(ge=0)]
@@ -154,6 +162,10 @@ class CorrelationDetected(TokenEvent):
     window: str
     direction: Literal["positive", "negative"]
     points: Annotated[int, Field(ge=0)] = 0
+    #: The trade the correlation points to given the latest sentiment (BUY/SELL), if any.
+    action: Action | None = None
+    #: Follower-weighted bullish share (%) of the latest point.
+    bullish_pct: Annotated[float, Field(ge=0, le=100)] | None = None
 
 
 # ---------------------------------------------------------------- orders and fills
@@ -255,6 +267,7 @@ class DeadLetter(Envelope):
 Event = Annotated[
     Union[
         PriceTick,
+        PriceMinute,
         LiquidationEvent,
         SentimentUpdate,
         WhaleActivity,

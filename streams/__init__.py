@@ -1,3 +1,3 @@
 """Agents (Faust stream processors), one module per agent. Importing this package registers them."""
 
-from streams import consensus, execution, notifier, portfolio, risk, sink, trading  # noqa: F401
+from streams import consensus, correlation, execution, notifier, portfolio, risk, sentiment, sink, trading  # noqa: F401

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 store = EventStore(settings.database_url)
 
 #: Topics whose invalid messages another agent already sends to the dead letters.
-VALIDATED_ELSEWHERE = {"price.ticks", "signal.generated", "consensus", "trade.executed"}
+VALIDATED_ELSEWHERE = {"price.ticks", "signal.generated", "consensus", "trade.executed", "sentiment.updates"}
 #: Internal topics that carry copies of events stored from their own topic.
 NOT_STORED = {"execution.requests"}
 

@@ -1,5 +1,10 @@
 """Trading agent: price.tick → OHLCV bars (event time) → pandas-ta indicators → rule-based
-``signal.generated``.
+``signal.generated`` (agent ``trading.rules``), plus LLM advice requests (:mod:`streams.llm`, never
+waited for) and the 1-minute closes (``price.minute``) the correlation join reads.
+
+A signal in the direction a live sentiment–price correlation points to (``correlations`` table,
+written by :mod:`streams.correlation`) gets its confidence raised by (1 + CORRELATION_CONFIDENCE_BOOST
+× |r|), capped at 1 (SPEC story 5).
 
 Per tick it only folds the tick into the open bar (O(1), in memory); indicators run once per
 closed bar over the bounded history in the ``bar_history`` table, so per-tick cost does not grow
@@ -23,9 +28,14 @@ from app.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, T
 from domain import indicators as ind
 from domain import signals
 from domain.bars import Bar, apply_tick, bar_start
-from models.events import EventError, PriceTick, SignalGenerated, decode_event, derived_id
+from domain.sentiment import BUCKET_MS
+from models.events import EventError, PriceMinute, PriceTick, SignalGenerated, decode_event, derived_id
+from streams import llm
 from streams.risk import halted_accounts
-from tables import bar_history, indicators
+from tables import bar_history, correlations, indicators
+
+#: A correlation older than this (event time) no longer boosts confidence.
+CORRELATION_TTL_MS = 3_600_000
 
 log = logging.getLogger(__name__)
 AGENT = "trading.rules"
@@ -36,17 +46,21 @@ _receive = TICK_RECEIVE_SECONDS
 class OpenBar:
     """The open bar of one token, the unacked events it holds, and the last closed bar's start."""
 
-    __slots__ = ("bar", "events", "last_closed", "tp")
+    __slots__ = ("bar", "events", "last_closed", "tp", "minute", "minute_close")
 
     def __init__(self, last_closed: int | None, tp=None):
         self.bar: Bar | None = None
         self.events: list = []
         self.last_closed = last_closed
         self.tp = tp
+        self.minute: int | None = None  # the 1-minute bucket being tracked for price.minute
+        self.minute_close = 0.0
 
 
 #: token -> OpenBar, for the partitions this worker owns
 _open: dict[str, OpenBar] = {}
+#: minute closes waiting to be sent by the agent
+_minutes: list[PriceMinute] = []
 
 
 @app.on_partitions_revoked.connect
@@ -68,6 +82,17 @@ def close_bar(token: str, closed: Bar, length_ms: int, tick: PriceTick) -> Signa
     values = ind.compute(closes)
     sig = signals.evaluate(values)
     bar_end = closed.start_ms + length_ms
+    corr = correlations.get(token)
+    if (corr and corr.get("active") and corr.get("action") == sig.action
+            and 0 <= bar_end - corr["ts"] <= CORRELATION_TTL_MS):
+        r = abs(corr["coefficient"])
+        sig.confidence = round(min(1.0, sig.confidence * (1 + settings.correlation_confidence_boost * r)), 4)
+        sig.reasons.append(f"sentiment-price correlation r={corr['coefficient']:+.2f} supports {sig.action}")
+    advisor = llm.advisor()
+    if advisor is not None:
+        rule = {"action": sig.action, "score": sig.score, "confidence": sig.confidence, "reasons": sig.reasons}
+        advisor.submit(llm.Request(token, closed.start_ms, bar_end, llm.prompt_for(token, closed.to_dict(), values, rule),
+                                   closed.close, tick.correlation_id or tick.event_id, tick.ingest_ms))
     indicators[token] = {"bar": closed.to_dict(), "bar_end": bar_end, "values": values,
                          "signal": {"action": sig.action, "score": sig.score, "confidence": sig.confidence,
                                     "reasons": sig.reasons}}
@@ -82,13 +107,30 @@ def close_bar(token: str, closed: Bar, length_ms: int, tick: PriceTick) -> Signa
         indicators={k: v for k, v in values.items() if not k.endswith("_prev")})
 
 
+def minute_close(ob: OpenBar, tick: PriceTick) -> PriceMinute | None:
+    """Track the tick's minute; returns the previous minute's close when this tick starts a later
+    minute (replays re-emit the same id, which the correlation join ignores)."""
+    minute = tick.timestamp - tick.timestamp % BUCKET_MS
+    out = None
+    if ob.minute is not None and minute > ob.minute:
+        out = PriceMinute(event_id=derived_id("price.minute", tick.token, ob.minute), timestamp=ob.minute,
+                          token=tick.token, source=AGENT, close=ob.minute_close)
+    if ob.minute is None or minute >= ob.minute:
+        ob.minute, ob.minute_close = minute, tick.price
+    return out
+
+
 def on_tick(tick: PriceTick, event, length_ms: int) -> tuple[SignalGenerated | None, list]:
-    """Fold one tick into its token's open bar. Returns ``(signal or None, events to ack now)``."""
+    """Fold one tick into its token's open bar. Returns ``(signal or None, events to ack now)``;
+    a finished minute's close is left in ``_minutes`` for the agent to send."""
     token = tick.token
     ob = _open.get(token)
     if ob is None:
         hist = bar_history.get(token)
         ob = _open[token] = OpenBar(hist["last_start"] if hist else None, event.message.tp if event else None)
+    closed_minute = minute_close(ob, tick)
+    if closed_minute is not None:
+        _minutes.append(closed_minute)
     if ob.last_closed is not None and bar_start(tick.timestamp, length_ms) <= ob.last_closed:
         # A bar already closed and stored: a late tick, or a replay after restart.
         LATE_EVENTS.labels("trading").inc()
@@ -111,6 +153,7 @@ def on_tick(tick: PriceTick, event, length_ms: int) -> tuple[SignalGenerated | N
 @app.agent(TOPICS["price.ticks"], name="trading")
 async def trading(stream):
     length_ms = int(settings.bar_seconds * 1000)
+    ind.compute([1.0] * 60)  # JIT-compiles pandas-ta's numba kernels now, not at the first bar close
     async for event in stream.noack().events():
         t0 = time.perf_counter()
         try:
@@ -125,6 +168,8 @@ async def trading(stream):
         if tick.ingest_ms:
             _receive.observe(max(0.0, time.time() - tick.ingest_ms / 1000.0))
         signal, done = on_tick(tick, event, length_ms)
+        while _minutes:
+            await emit(_minutes.pop(0))
         if signal is not None:
             # Bars and indicators keep building while trading is halted; only signals stop.
             halted = halted_accounts()

@@ -9,7 +9,10 @@ import pytest
 import app as _app  # noqa: F401  (registers every agent and table)
 from app import main
 from streams import risk
-from tables import consensus_windows, execution_state, exposures, halt, latest_prices, portfolio
+from streams import consensus as consensus_mod
+from streams import trading as trading_mod
+from tables import (consensus_windows, correlation_windows, correlations, execution_state, exposures, halt,
+                    latest_prices, portfolio, sentiment_windows, bar_history, indicators)
 
 
 class Recorder:
@@ -30,9 +33,14 @@ def outputs(monkeypatch):
     recorders = {name: Recorder() for name in main.TOPICS}
     for name, rec in recorders.items():
         monkeypatch.setitem(main.OUTPUTS, name, rec)
-    for table in (consensus_windows, execution_state, portfolio, latest_prices, exposures, halt):
+    for table in (consensus_windows, execution_state, portfolio, latest_prices, exposures, halt, sentiment_windows,
+                  correlation_windows, correlations, bar_history, indicators):
         table.data.clear()
     for memo in (risk._alerted, risk._reference, risk._closing, risk._seen, risk._written):
         memo.clear()
     risk.invalidate_exposures()
+    consensus_mod._open.clear()
+    trading_mod._open.clear()
+    trading_mod._minutes.clear()
+    consensus_mod._stream_time.clear()
     return recorders

@@ -55,28 +55,50 @@ async def test_trading_agent_sends_bad_ticks_to_dead_letters_and_goes_on(outputs
     assert "does not match token" in dead[1]["reason"]
 
 
+def signal_of(token: str, ts: int, action="BUY", score=90.0, agent="trading.rules") -> SignalGenerated:
+    return signal(ts, action, score, agent).model_copy(update={"token": token})
+
+
 async def test_consensus_decides_each_window_once(outputs):
+    """Interval windows (min agents 2): rules + sentiment 1 s apart approve; later members of a
+    decided window decide nothing; a signal 6 s after the anchor opens a new window; a window of
+    one agent fails when event time passes it, for its own token or (stream time) another's."""
+    assert main.settings.consensus_min_agents == 2
     async with consensus.test_context() as agent:
-        for ts, action in [(T0 + 1000, "BUY"), (T0 + 2000, "BUY"), (T0 + 3000, "SELL"),
-                           (T0 + 6000, "SELL"), (T0 + 12_000, "BUY")]:
-            await agent.put(value=encode_event(signal(ts, action, 90 if action == "BUY" else 20)), key=b"BTC")
-        await agent.put(value=encode_event(signal(T0 + 4000)), key=b"BTC")  # late: window closed
-    decisions = outputs["consensus"].sent
-    kinds = [(v["event_type"], v["window_start"]) for _, v in decisions]
-    assert kinds == [("trade.consensus_approved", T0), ("signal.consensus_failed", T0 + 5000),
-                     ("trade.consensus_approved", T0 + 10_000)]
-    approved = decisions[0][1]
+        puts = [signal_of("ETH", T0 + 1000),
+                signal_of("BTC", T0 + 1000), signal_of("BTC", T0 + 2000, agent="sentiment"),
+                signal_of("BTC", T0 + 3000, "SELL", 20), signal_of("BTC", T0 + 7000, "SELL", 20),
+                signal_of("BTC", T0 + 13_000)]
+        for s in puts:
+            await agent.put(value=encode_event(s), key=s.token.encode())
+        await agent.put(value=encode_event(puts[2]), key=b"BTC")  # redelivered: counted once
+        await agent.put(value=encode_event(signal_of("BTC", T0 + 4000, agent="x")), key=b"BTC")  # late
+    decisions = [v for _, v in outputs["consensus"].sent]
+    kinds = [(v["event_type"], v["token"], v["window_start"]) for v in decisions]
+    assert kinds == [("trade.consensus_approved", "BTC", T0 + 1000), ("signal.consensus_failed", "ETH", T0 + 1000),
+                     ("signal.consensus_failed", "BTC", T0 + 7000)]
+    approved = decisions[0]
     assert approved["consensus_score"] == 90 and approved["recommended_action"] == "BUY"
-    assert approved["contributing_agents"] == ["trading.rules"] and len(approved["signal_ids"]) == 1
+    assert approved["contributing_agents"] == ["sentiment", "trading.rules"] and len(approved["signal_ids"]) == 2
+    assert approved["weights"] == {"trading.rules": 1.0, "sentiment": 0.8}
+    assert decisions[1]["reason"].endswith("agents 1 < 2")
 
 
-async def test_consensus_requires_min_agents(outputs, monkeypatch):
-    monkeypatch.setattr(main.settings, "consensus_min_agents", 2)
+async def test_consensus_state_survives_in_the_table(outputs):
+    """The window is in the table: a new signal after the in-memory caches are lost (a restart)
+    still joins it, and the window decides once."""
+    from streams import consensus as cmod
+
     async with consensus.test_context() as agent:
-        await agent.put(value=encode_event(signal(T0 + 100)), key=b"BTC")
-        await agent.put(value=encode_event(signal(T0 + 200, agent="sentiment")), key=b"BTC")
-    (decision,) = outputs["consensus"].of("trade.consensus_approved")
-    assert decision["contributing_agents"] == ["sentiment", "trading.rules"]
+        await agent.put(value=encode_event(signal_of("BTC", T0 + 100)), key=b"BTC")
+        cmod._open.clear()
+        cmod._stream_time.clear()
+        cmod._stale = True
+        await agent.put(value=encode_event(signal_of("BTC", T0 + 2100, agent="sentiment")), key=b"BTC")
+        await agent.put(value=encode_event(signal_of("BTC", T0 + 3100, agent="trading.llm")), key=b"BTC")
+    (decision,) = outputs["consensus"].sent
+    assert decision[1]["event_type"] == "trade.consensus_approved"
+    assert decision[1]["contributing_agents"] == ["sentiment", "trading.rules"]
 
 
 def approval(score=85.0, price=100.0) -> ConsensusDecision:

@@ -75,8 +75,9 @@ def settle(worker, dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, database_url):
+    # The sample feeds one signal source (the rules on ticks), so one agent is enough to trade.
     stack = Stack(tmp_path_factory.mktemp("pipeline"), database_url=database_url, BAR_SECONDS="1",
-                  STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH))
+                  CONSENSUS_MIN_AGENTS="1", STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH))
     worker = stack.worker("w1").start()
     try:
         stack.feed(SAMPLE, "max")

@@ -17,9 +17,9 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.local import Stack
+from tests.servers.bus import Bus
 
 T0 = 1_723_161_280_000
 OUT_TOPICS = ("orders", "trade.executed", "risk.alerts")
@@ -38,47 +38,6 @@ def approval(token: str, price: float, ts: int, strategy: str | None = None) -> 
     return e
 
 
-class Bus:
-    """Produces SPEC JSON to the run's topics and collects what the worker emits."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.seen: list[dict] = []
-
-    async def __aenter__(self):
-        self.producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092")
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(*(self.prefix + t for t in OUT_TOPICS), bootstrap_servers="127.0.0.1:9092",
-                                         auto_offset_reset="earliest", group_id=None)
-        await self.consumer.start()
-        self.task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *exc):
-        self.task.cancel()
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    async def _collect(self):
-        async for msg in self.consumer:
-            self.seen.append(json.loads(msg.value))
-
-    async def send(self, topic: str, key: str, value: dict):
-        await self.producer.send_and_wait(self.prefix + topic, json.dumps(value).encode(), key=key.encode())
-
-    def of(self, kind: str, **match) -> list[dict]:
-        return [e for e in self.seen if e["event_type"] == kind and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; seen: "
-                             f"{[(e['event_type'], e.get('account'), e.get('token')) for e in self.seen]}")
-
-
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, database_url):
     stack = Stack(tmp_path_factory.mktemp("risk"), database_url,
@@ -94,7 +53,7 @@ def test_force_close_before_liquidation_and_constraints(worker):
     prefix = stack.env["TOPIC_PREFIX"]
 
     async def scenario():
-        async with Bus(prefix) as bus:
+        async with Bus(prefix, OUT_TOPICS) as bus:
             # (c) the same approval twice -> one order
             dup = approval("ETH", 2_500.0, T0)
             await bus.send("consensus", "ETH", dup)

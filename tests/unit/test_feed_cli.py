@@ -64,6 +64,9 @@ def test_parse_speed():
     (["feed", "data/sample/binance_usdm_trades_20240808.csv.gz", "--speed", "warp"], "--speed"),
     (["feed"], "Missing argument"),
     (["feed", "x", "--bogus"], "No such option"),
+    (["sentiment-feed", "/nonexistent/tweets.tsv"], "no such file"),
+    (["sentiment-feed", "README.md", "--rate", "0"], "--rate must be"),
+    (["sentiment-feed", "README.md", "--start-ms", "yesterday"], "--start-ms"),
 ])
 def test_bad_cli_arguments_get_one_line_and_exit_2(args, needle):
     proc = subprocess.run([FAUST, "-A", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -77,4 +80,4 @@ def test_bad_cli_arguments_get_one_line_and_exit_2(args, needle):
 def test_help_lists_the_custom_commands():
     proc = subprocess.run([FAUST, "-A", "app", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
-    assert "feed" in proc.stdout and "migrate" in proc.stdout
+    assert "feed" in proc.stdout and "migrate" in proc.stdout and "sentiment-feed" in proc.stdout
