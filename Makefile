@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 LOCAL := .local
 SPEED ?= 5
 BAR_SECONDS ?= 1
+# The bundled sample feeds one signal source (rules on ticks): let one agent's view trade.
+CONSENSUS_MIN_AGENTS ?= 1
 WEB_PORT ?= 6066
 SAMPLE ?= data/sample/binance_usdm_trades_20240808.csv.gz
 PYTEST_ARGS ?=
@@ -22,7 +24,7 @@ help:
 	@echo "make test     install, start Kafka + PostgreSQL, run pytest (unit, agent and integration tests)"
 	@echo "make up/down  start/stop the local Kafka broker and PostgreSQL server (and the worker)"
 	@echo "make stop     stop the worker started by make run"
-	@echo "make bench    whole-path and risk benchmarks (bench/pipeline.py, bench/risk.py)"
+	@echo "make bench    whole-path, risk and signal benchmarks (bench/pipeline.py, bench/risk.py, bench/signals.py)"
 
 $(BIN)/.installed: pyproject.toml
 	@py=$$(scripts/find-python.sh) && echo "using $$py" && \
@@ -47,7 +49,7 @@ worker: install up
 	@if [ -f $(WORKER_PID) ] && kill -0 $$(cat $(WORKER_PID)) 2>/dev/null; then \
 	  echo "worker already running (pid $$(cat $(WORKER_PID)))"; \
 	else \
-	  BAR_SECONDS=$(BAR_SECONDS) WEB_PORT=$(WEB_PORT) setsid nohup $(BIN)/faust -A app worker -l info \
+	  BAR_SECONDS=$(BAR_SECONDS) CONSENSUS_MIN_AGENTS=$(CONSENSUS_MIN_AGENTS) WEB_PORT=$(WEB_PORT) setsid nohup $(BIN)/faust -A app worker -l info \
 	    >$(WORKER_LOG) 2>&1 </dev/null & echo $$! >$(WORKER_PID); \
 	  echo "worker starting (pid $$(cat $(WORKER_PID)), log $(WORKER_LOG))"; \
 	fi
@@ -90,6 +92,7 @@ unit: install
 bench: install up
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/risk.py
+	$(BIN)/python bench/signals.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench

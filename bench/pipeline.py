@@ -85,7 +85,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="moondev-bench-"))
 
     # 1. throughput on a pre-loaded topic
-    stack = Stack(tmp / "throughput", BAR_SECONDS=args.bar_seconds)
+    stack = Stack(tmp / "throughput", BAR_SECONDS=args.bar_seconds, CONSENSUS_MIN_AGENTS="1")
     try:
         stack.feed(SAMPLE, "max")
         w = stack.worker()
@@ -102,7 +102,7 @@ def main() -> None:
 
     # 2. latency, live feed
     for speed in [s.strip() for s in args.speeds.split(",") if s.strip()]:
-        stack = Stack(tmp / f"latency-{speed}", BAR_SECONDS=args.bar_seconds)
+        stack = Stack(tmp / f"latency-{speed}", BAR_SECONDS=args.bar_seconds, CONSENSUS_MIN_AGENTS="1")
         try:
             w = stack.worker()
             w.start()
