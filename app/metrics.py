@@ -50,3 +50,17 @@ LLM_REQUESTS = Counter("moondev_llm_requests_total", "LLM advice requests by out
                        "invalid, late, superseded, dropped)", ["outcome"], registry=REGISTRY)
 LLM_SECONDS = Histogram("moondev_llm_seconds", "LLM advice request time (seconds)",
                         buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0), registry=REGISTRY)
+FEED_FRAMES = Counter("moondev_feed_frames_total", "WebSocket frames received, by feed", ["feed"], registry=REGISTRY)
+FEED_EVENTS = Counter("moondev_feed_events_total", "Events published by a feed, by type", ["feed", "event_type"],
+                      registry=REGISTRY)
+FEED_PARSE_ERRORS = Counter("moondev_feed_parse_errors_total", "Frames that failed to parse (dead-lettered)", ["feed"],
+                            registry=REGISTRY)
+FEED_RECONNECTS = Counter("moondev_feed_reconnects_total", "Feed reconnects by reason (stale, closed by server, gap, "
+                          "connect failed, ...)", ["feed", "reason"], registry=REGISTRY)
+FEED_GAPS = Counter("moondev_feed_sequence_gaps_total", "Sequence gaps detected (each triggers a resubscribe)", ["feed"],
+                    registry=REGISTRY)
+FEED_LAG_SECONDS = Histogram("moondev_feed_lag_seconds", "Exchange timestamp to publish (seconds)", ["feed"],
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0), registry=REGISTRY)
+FEED_ACK_SECONDS = Histogram("moondev_feed_publish_seconds", "Frame receipt to broker acknowledgement (seconds)",
+                             ["feed"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5),
+                             registry=REGISTRY)

@@ -133,6 +133,20 @@ class Settings(BaseSettings):
     #: WARNING alerts are batched for at most this long (CRITICAL ones are sent at once).
     discord_batch_seconds: float = Field(2.0, gt=0, le=5)
 
+    # --- live market data (faust -A app ingest EXCHANGE)
+    #: Exchange symbol -> token, checked before the built-in rule (BTCUSDT, BTC-USD, BTC -> BTC).
+    ingest_token_map: dict[str, str] = Field(default_factory=dict)
+    #: WebSocket base URLs; unset means the exchange's public endpoint.
+    binance_ws_url: str | None = None
+    coinbase_ws_url: str | None = None
+    hyperliquid_ws_url: str | None = None
+    #: HyperLiquid addresses whose liquidation fills become liquidation.event.
+    hyperliquid_ingest_users: list[str] = Field(default_factory=list)
+    #: No frame for this long (s) → reconnect; reconnect backoff cap (s); frames buffered for a slow broker.
+    ingest_stale_seconds: float = Field(10.0, gt=0)
+    ingest_backoff_cap_seconds: float = Field(30.0, gt=0)
+    ingest_queue_size: int = Field(10_000, ge=1)
+
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_seconds: float = Field(0.25, gt=0)

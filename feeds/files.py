@@ -26,8 +26,11 @@ _SUFFIXES = ("USD_PERP", "-USD-PERP", "-PERP", "USDT", "USDC", "-USD", "_USD", "
 
 
 def normalise_token(symbol: str) -> str:
-    """Exchange symbol → token: ``BTCUSDT``, ``BTC-USD``, ``BTCUSD_PERP``, ``BTC`` → ``BTC``."""
+    """Exchange symbol → token: ``BTCUSDT``, ``BTC-USD``, ``BTCUSD_PERP``, ``BTCUSD_200925`` (a
+    delivery future), ``BTC`` → ``BTC``."""
     s = symbol.strip().upper()
+    if len(s) > 7 and s[-7] == "_" and s[-6:].isdigit():
+        s = s[:-7]
     for suffix in _SUFFIXES:
         if s.endswith(suffix) and len(s) > len(suffix):
             return s[: -len(suffix)].rstrip("-_/")

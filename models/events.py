@@ -253,14 +253,16 @@ class SlaViolation(Envelope):
 
 class DeadLetter(Envelope):
     """A message that failed to parse or validate: ``raw`` is its value as text (UTF-8 with
-    replacement; ``raw_b64`` holds the exact bytes when they are not UTF-8)."""
+    replacement; ``raw_b64`` holds the exact bytes when they are not UTF-8). ``topic``,
+    ``partition`` and ``offset`` locate a Kafka message; for a WebSocket frame ``topic`` names the
+    feed (``ws:binance``) and ``offset`` is the frame's number on that connection."""
 
     event_type: Literal["dead_letter"] = "dead_letter"
     raw: str
     raw_b64: str | None = None
     topic: str
-    partition: int
-    offset: int
+    partition: int | None = None
+    offset: int | None = None
     reason: str
 
 
