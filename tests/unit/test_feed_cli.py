@@ -17,7 +17,8 @@ FAUST = str(Path(sys.executable).parent / "faust")
 
 
 @pytest.mark.parametrize("symbol, token", [("BTCUSDT", "BTC"), ("BTC-USD", "BTC"), ("BTCUSD_PERP", "BTC"),
-                                           ("eth", "ETH"), ("SOL-PERP", "SOL"), ("BTC", "BTC")])
+                                           ("eth", "ETH"), ("SOL-PERP", "SOL"), ("BTC", "BTC"),
+                                           ("BTCUSD_200925", "BTC")])
 def test_normalise_token(symbol, token):
     assert normalise_token(symbol) == token
 
@@ -67,6 +68,9 @@ def test_parse_speed():
     (["sentiment-feed", "/nonexistent/tweets.tsv"], "no such file"),
     (["sentiment-feed", "README.md", "--rate", "0"], "--rate must be"),
     (["sentiment-feed", "README.md", "--start-ms", "yesterday"], "--start-ms"),
+    (["ingest", "kraken"], "unknown exchange 'kraken'"),
+    (["ingest", "binance", "--max-seconds", "-1"], "--max-seconds"),
+    (["ingest", "binance", "--trade-stream", "bookTicker"], "--trade-stream"),
 ])
 def test_bad_cli_arguments_get_one_line_and_exit_2(args, needle):
     proc = subprocess.run([FAUST, "-A", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -80,4 +84,5 @@ def test_bad_cli_arguments_get_one_line_and_exit_2(args, needle):
 def test_help_lists_the_custom_commands():
     proc = subprocess.run([FAUST, "-A", "app", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
-    assert "feed" in proc.stdout and "migrate" in proc.stdout and "sentiment-feed" in proc.stdout
+    for command in ("feed", "migrate", "sentiment-feed", "ingest"):
+        assert f"  {command} " in proc.stdout, command
