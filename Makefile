@@ -24,7 +24,7 @@ help:
 	@echo "make test     install, start Kafka + PostgreSQL, run pytest (unit, agent and integration tests)"
 	@echo "make up/down  start/stop the local Kafka broker and PostgreSQL server (and the worker)"
 	@echo "make stop     stop the worker started by make run"
-	@echo "make bench    whole-path, risk and signal benchmarks (bench/pipeline.py, bench/risk.py, bench/signals.py)"
+	@echo "make bench    whole-path, risk, signal and ingest benchmarks (bench/*.py)"
 
 $(BIN)/.installed: pyproject.toml
 	@py=$$(scripts/find-python.sh) && echo "using $$py" && \
@@ -93,6 +93,7 @@ bench: install up
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/risk.py
 	$(BIN)/python bench/signals.py
+	$(BIN)/python bench/ingest.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench
