@@ -61,6 +61,9 @@ app = faust.App(
     broker_commit_every=1000,
     broker_commit_interval=1.0,
     producer_linger_ms=1,
+    # Table changelog values (bar histories) run to ~12 KB: batches of many of them, not one each.
+    producer_max_batch_size=1_048_576,
+    producer_max_request_size=4_194_304,
     # The trading agent holds the acks of an open bar's ticks until the bar is stored, so a
     # rebalance or shutdown must not wait for every event to be acked: unacked events are simply
     # replayed by the next owner, and every agent is idempotent under replay.
@@ -129,6 +132,7 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "state.changed": "state.changes",
     "agent.error": "system",
     "metric.sla_violation": "system",
+    "backtest.report": "system",
     "dead_letter": "dead.letters",
 }
 
@@ -165,6 +169,13 @@ async def declare_topics() -> None:
     """Create every topic with its partitions and retention if it does not exist yet."""
     for topic in TOPICS.values():
         await topic.maybe_declare()
+
+
+@app.task
+async def _declare_on_start() -> None:
+    # Agents only declare the topics they read; some (state.changes without the event-store sink)
+    # are only written, and a send to a topic that does not exist stalls the producer.
+    await declare_topics()
 
 
 async def dead_letter(message, reason: str, agent: str) -> None:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: their seed; 600 bars (over ten times the longest period, 50) make them agree with a
     #: full-history computation to 1e-9.
     bar_history: int = Field(600, ge=60, le=5000)
+    #: Rule set of the trading agent: ``default`` (trend, cross, momentum, RSI, Bollinger) or
+    #: ``sma_cross`` (SMA(20)/SMA(50) crossovers only).
+    trading_rules: Literal["default", "sma_cross"] = "default"
     #: Minimum rule score (0-100) for the trading agent to emit a BUY/SELL signal.
     signal_min_score: float = Field(40.0, ge=0, le=100)
 
@@ -146,6 +149,13 @@ class Settings(BaseSettings):
     ingest_stale_seconds: float = Field(10.0, gt=0)
     ingest_backoff_cap_seconds: float = Field(30.0, gt=0)
     ingest_queue_size: int = Field(10_000, ge=1)
+
+    # --- event store (schema version 2: daily partitions, or a TimescaleDB hypertable)
+    #: TimescaleDB only: compress chunks older than this; drop chunks older than the retention (0 = never).
+    store_compress_after_days: int = Field(7, ge=1)
+    store_retention_days: int = Field(0, ge=0)
+    #: Store every event in PostgreSQL (backtests turn it off: their events stay in their topics).
+    store_events: bool = True
 
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)

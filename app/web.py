@@ -8,6 +8,10 @@
 - ``GET /sentiment/{token}/``: follower-weighted bullish share (%), updates and weight of the 5m,
   30m and 1h windows, and the velocity (percentage points).
 - ``GET /correlation/{token}/``: the latest sentiment–price correlation (r, points, implied action).
+- ``GET /events/?start=&end=&token=&type=&limit=&cursor=``: the event store by time range
+  (``start``/``end`` in ms since epoch or ISO-8601, end exclusive), token and event type (comma
+  separated), ordered by time, ``limit`` per page (default 500, at most 10,000) and a ``cursor``
+  for the next page (``next_cursor`` of the previous answer). 400 with the reason on bad input.
 - ``GET /metrics/``: Prometheus text exposition.
 
 Token views are routed to the worker that owns the token's partition (404 when nothing is known);
@@ -17,6 +21,7 @@ tokens are upper case, as in the events.
 from __future__ import annotations
 
 import asyncio
+import json
 from urllib.parse import urlparse
 
 from faust.web import Request, Response, View
@@ -118,6 +123,32 @@ class Correlation(View):
     async def get(self, request: Request, token: str) -> Response:
         # a global table: every worker has it, no routing
         return _token_json(self, correlations, token, "no correlation", lambda v: {"window": "1h", **v})
+
+
+def _time_arg(value: str | None, name: str) -> int:
+    if value is None:
+        raise ValueError(f"{name} is required")
+    if value.isdigit():
+        return int(value)
+    from datetime import datetime, timezone
+
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+@app.page("/events/")
+class Events(View):
+    async def get(self, request: Request) -> Response:
+        q = request.query
+        try:
+            start, end = _time_arg(q.get("start"), "start"), _time_arg(q.get("end"), "end")
+            limit = int(q.get("limit", "500"))
+            types = [t for t in q.get("type", "").split(",") if t] or None
+            rows, cursor = await store.query(start, end, token=q.get("token") or None, event_types=types,
+                                             limit=limit, cursor=q.get("cursor") or None)
+        except ValueError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        return self.json({"events": [dict(r, data=json.loads(r["data"])) for r in rows], "next_cursor": cursor})
 
 
 def _update_lag() -> None:

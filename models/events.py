@@ -251,6 +251,16 @@ class SlaViolation(Envelope):
     limit: float
 
 
+class BacktestReport(Envelope):
+    """The outcome of one backtest run: its parameters and the metrics of
+    :class:`domain.performance.Performance`."""
+
+    event_type: Literal["backtest.report"] = "backtest.report"
+    run_id: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+
+
 class DeadLetter(Envelope):
     """A message that failed to parse or validate: ``raw`` is its value as text (UTF-8 with
     replacement; ``raw_b64`` holds the exact bytes when they are not UTF-8). ``topic``,
@@ -284,6 +294,7 @@ Event = Annotated[
         StateEvent,
         AgentError,
         SlaViolation,
+        BacktestReport,
         DeadLetter,
     ],
     Field(discriminator="event_type"),

@@ -1,27 +1,43 @@
 """The immutable event store in PostgreSQL (SPEC §5), through asyncpg.
 
-Table ``events(event_id uuid primary key, event_type text, timestamp timestamptz, token text,
-data jsonb, source text, created_at timestamptz default now())`` with indices on
-(timestamp, token, event_type). Writes are idempotent on ``event_id`` (``ON CONFLICT DO NOTHING``):
-a batch redelivered after a crash stores nothing twice.
+Table ``events(event_id uuid, event_type text, timestamp timestamptz, token text, data jsonb,
+source text, created_at timestamptz)``, primary key (timestamp, event_id), indices on
+(timestamp, token, event_type), (event_type, timestamp) and (token, timestamp).
+
+Schema version 2 stores events by day:
+
+- with the TimescaleDB extension available, ``events`` is a hypertable with 1-day chunks, a
+  compression policy (chunks older than STORE_COMPRESS_AFTER_DAYS, segmented by event type) and a
+  retention policy (STORE_RETENTION_DAYS, 0 = keep forever);
+- otherwise it is a natively range-partitioned table with one partition per UTC day, created a
+  week ahead at migration and on demand before each write (a batch for a day without a partition
+  creates it).
+
+A partitioned table's unique keys must contain the partition key, so the key is (timestamp,
+event_id). An event keeps its timestamp on every redelivery, so inserting with ``ON CONFLICT DO
+NOTHING`` on that key stores each event once.
+
+Writes go through ``COPY`` (``copy_records_to_table``) into a session temp table, then one
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` into ``events``, in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+COLUMNS = ("event_id", "event_type", "timestamp", "token", "data", "source")
 
-MIGRATIONS: dict[int, str] = {
-    1: """
+_V1 = """
     CREATE TABLE IF NOT EXISTS events (
         event_id   uuid PRIMARY KEY,
         event_type text NOT NULL,
@@ -33,8 +49,31 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS events_ts_token_type_idx ON events (timestamp, token, event_type);
     CREATE INDEX IF NOT EXISTS events_type_ts_idx ON events (event_type, timestamp);
-    """,
-}
+"""
+
+_V2_TABLE = """
+    CREATE TABLE events (
+        event_id   uuid NOT NULL,
+        event_type text NOT NULL,
+        timestamp  timestamptz NOT NULL,
+        token      text,
+        data       jsonb NOT NULL,
+        source     text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (timestamp, event_id)
+    ) {partitioning};
+    CREATE INDEX events_ts_token_type_idx2 ON events (timestamp, token, event_type);
+    CREATE INDEX events_type_ts_idx2 ON events (event_type, timestamp);
+    CREATE INDEX events_token_ts_idx ON events (token, timestamp);
+"""
+
+
+def partition_name(day: date) -> str:
+    return f"events_p{day:%Y%m%d}"
+
+
+def _day_bounds(day: date) -> tuple[str, str]:
+    return f"{day.isoformat()} 00:00:00+00", f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00"
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,6 +94,8 @@ class EventStore:
         self._min, self._max = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        self._mode: str | None = None  # "partitioned" or "timescaledb", known after migrate()
+        self._partitions: set[date] = set()  # daily partitions known to exist
 
     async def pool(self) -> asyncpg.Pool:
         """The connection pool, created on first use. Raises ``OSError`` / ``asyncpg`` errors when
@@ -71,63 +112,143 @@ class EventStore:
             await self._pool.close()
             self._pool = None
 
-    async def migrate(self) -> int:
-        """Create or upgrade the schema; idempotent. Returns the schema version now in place."""
+    async def migrate(self, compress_after_days: int = 7, retention_days: int = 0, ahead_days: int = 7) -> int:
+        """Create or upgrade the schema; idempotent (a second run changes nothing). Returns the
+        schema version now in place. Raises asyncpg/OSError errors when the database fails."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(7242001)")
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int PRIMARY KEY, "
-                               "applied_at timestamptz NOT NULL DEFAULT now())")
+                               "applied_at timestamptz NOT NULL DEFAULT now(), mode text)")
+            await conn.execute("ALTER TABLE schema_version ADD COLUMN IF NOT EXISTS mode text")
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-            for version in sorted(MIGRATIONS):
-                if version > current:
-                    await conn.execute(MIGRATIONS[version])
-                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
-                    log.info("event store migrated to schema version %d", version)
-            return max(current, max(MIGRATIONS))
+            if current < 1:
+                await conn.execute(_V1)
+                await conn.execute("INSERT INTO schema_version (version, mode) VALUES (1, 'plain')")
+            if current < 2:
+                mode = await self._to_v2(conn, compress_after_days, retention_days)
+                await conn.execute("INSERT INTO schema_version (version, mode) VALUES (2, $1)", mode)
+                log.info("event store migrated to schema version 2 (%s)", mode)
+            self._mode = await conn.fetchval("SELECT mode FROM schema_version WHERE version = 2")
+        if self._mode == "partitioned":
+            today = datetime.now(timezone.utc).date()
+            await self.ensure_partitions([today + timedelta(days=d) for d in range(-1, ahead_days + 1)])
+        return SCHEMA_VERSION
+
+    async def _to_v2(self, conn, compress_after_days: int, retention_days: int) -> str:
+        timescale = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+        await conn.execute("ALTER TABLE events RENAME TO events_v1")
+        for idx in ("events_pkey", "events_ts_token_type_idx", "events_type_ts_idx"):
+            await conn.execute(f"ALTER INDEX IF EXISTS {idx} RENAME TO {idx}_v1")
+        if timescale:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            await conn.execute(_V2_TABLE.format(partitioning=""))
+            await conn.execute("SELECT create_hypertable('events', 'timestamp', chunk_time_interval => interval '1 day')")
+            await conn.execute("ALTER TABLE events SET (timescaledb.compress, timescaledb.compress_segmentby = 'event_type')")
+            await conn.execute(f"SELECT add_compression_policy('events', interval '{int(compress_after_days)} days')")
+            if retention_days:
+                await conn.execute(f"SELECT add_retention_policy('events', interval '{int(retention_days)} days')")
+            mode = "timescaledb"
+        else:
+            await conn.execute(_V2_TABLE.format(partitioning="PARTITION BY RANGE (timestamp)"))
+            days = await conn.fetch("SELECT DISTINCT (timestamp AT TIME ZONE 'UTC')::date AS d FROM events_v1")
+            for row in days:
+                await self._create_partition(conn, row["d"])
+            mode = "partitioned"
+        await conn.execute("INSERT INTO events SELECT event_id, event_type, timestamp, token, data, source, created_at "
+                           "FROM events_v1 ON CONFLICT DO NOTHING")
+        await conn.execute("DROP TABLE events_v1")
+        return mode
+
+    @staticmethod
+    async def _create_partition(conn, day: date) -> None:
+        lo, hi = _day_bounds(day)
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF events "
+                           f"FOR VALUES FROM ('{lo}') TO ('{hi}')")
+
+    async def ensure_partitions(self, days) -> None:
+        """Create the daily partitions of ``days`` that do not exist yet (native mode only)."""
+        missing = sorted({d for d in days} - self._partitions)
+        if not missing or self._mode != "partitioned":
+            return
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7242002)")  # one creator at a time
+            for day in missing:
+                await self._create_partition(conn, day)
+        self._partitions.update(missing)
 
     async def write(self, rows: list[Row]) -> int:
-        """Insert rows in one transaction; returns how many were new. Raises on any database error
-        (nothing of the batch is then stored)."""
+        """Store rows in one transaction through COPY; returns how many were new (the others were
+        stored before). Raises on any database error (nothing of the batch is then stored)."""
         if not rows:
             return 0
+        if self._mode is None:
+            await self.migrate()
+        await self.ensure_partitions({_ts(r.timestamp_ms).date() for r in rows})
         pool = await self.pool()
-        async with pool.acquire() as conn:
-            status = await conn.execute(
-                """
-                INSERT INTO events (event_id, event_type, timestamp, token, data, source)
-                SELECT e.id, e.type, to_timestamp(e.ts / 1000.0), e.token, e.data::jsonb, e.source
-                FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
-                     AS e(id, type, ts, token, data, source)
-                ON CONFLICT (event_id) DO NOTHING
-                """,
-                [r.event_id for r in rows], [r.event_type for r in rows], [r.timestamp_ms for r in rows],
-                [r.token for r in rows], [r.data for r in rows], [r.source for r in rows])
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS events_stage (event_id uuid, event_type text, "
+                               "timestamp timestamptz, token text, data jsonb, source text) ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table(
+                "events_stage", columns=COLUMNS,
+                records=[(r.event_id, r.event_type, _ts(r.timestamp_ms), r.token, r.data, r.source) for r in rows])
+            status = await conn.execute("INSERT INTO events (event_id, event_type, timestamp, token, data, source) "
+                                        "SELECT * FROM events_stage ON CONFLICT DO NOTHING")
         return int(status.rsplit(" ", 1)[-1])
 
     async def query(self, start_ms: int, end_ms: int, token: str | None = None,
                     event_types: list[str] | None = None, limit: int = 1000,
-                    after: tuple[int, str] | None = None) -> list[dict]:
-        """Events with ``start_ms <= timestamp < end_ms`` ordered by (timestamp, event_id), at most
-        ``limit``; ``after`` = (timestamp_ms, event_id) of the last row of the previous page."""
-        pool = await self.pool()
+                    cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Events with ``start_ms <= timestamp < end_ms`` (ms since epoch, UTC), optionally of one
+        token and some event types, ordered by (timestamp, event_id), at most ``limit`` (1-10,000).
+
+        Returns ``(rows, next_cursor)``; pass ``next_cursor`` back for the next page (``None`` on
+        the last page). Rows: ``event_id``, ``event_type``, ``timestamp`` (ms), ``token``,
+        ``source``, ``data`` (the event's JSON text). Raises ``ValueError`` for a bad cursor or
+        limit.
+        """
+        if not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be 1..10000, got {limit}")
         args: list = [_ts(start_ms), _ts(end_ms)]
         where = ["timestamp >= $1", "timestamp < $2"]
         if token:
             args.append(token)
             where.append(f"token = ${len(args)}")
         if event_types:
-            args.append(event_types)
+            args.append(list(event_types))
             where.append(f"event_type = ANY(${len(args)}::text[])")
-        if after:
-            args.extend([_ts(after[0]), uuid.UUID(after[1])])
+        if cursor:
+            ts_ms, event_id = decode_cursor(cursor)
+            args.extend([_ts(ts_ms), event_id])
             where.append(f"(timestamp, event_id) > (${len(args) - 1}, ${len(args)})")
         args.append(limit)
+        pool = await self.pool()
         rows = await pool.fetch(
             f"SELECT event_id, event_type, timestamp, token, data::text AS data, source FROM events "
             f"WHERE {' AND '.join(where)} ORDER BY timestamp, event_id LIMIT ${len(args)}", *args)
-        return [dict(r) for r in rows]
+        out = [{"event_id": str(r["event_id"]), "event_type": r["event_type"],
+                "timestamp": int(r["timestamp"].timestamp() * 1000), "token": r["token"], "source": r["source"],
+                "data": r["data"]} for r in rows]
+        nxt = encode_cursor(rows[-1]["timestamp"], rows[-1]["event_id"]) if len(rows) == limit else None
+        return out, nxt
 
 
-def _ts(ms: int) -> datetime:
+def encode_cursor(ts: datetime, event_id: uuid.UUID) -> str:
+    """Opaque page cursor: the last row's exact timestamp (µs) and id."""
+    us = int(ts.timestamp()) * 1_000_000 + ts.microsecond
+    return base64.urlsafe_b64encode(f"{us}:{event_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, uuid.UUID]:
+    """Inverse of :func:`encode_cursor` as (timestamp ms, event id); raises ``ValueError``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        us, event_id = raw.split(":", 1)
+        return int(us) / 1000.0, uuid.UUID(event_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad cursor {cursor!r}") from exc
+
+
+def _ts(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)

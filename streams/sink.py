@@ -78,7 +78,7 @@ def _make_sink(name: str):
     return app.agent(TOPICS[name], name=f"sink.{name}")(sink)
 
 
-SINKS = {name: _make_sink(name) for name in TOPICS if name not in NOT_STORED}
+SINKS = {name: _make_sink(name) for name in TOPICS if name not in NOT_STORED} if settings.store_events else {}
 
 
 @app.task
@@ -87,7 +87,7 @@ async def migrate_on_start() -> None:
     delay = 0.5
     while True:
         try:
-            version = await store.migrate()
+            version = await store.migrate(settings.store_compress_after_days, settings.store_retention_days)
             log.info("event store ready (schema version %d)", version)
             return
         except Exception as exc:  # noqa: BLE001
