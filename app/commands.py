@@ -7,6 +7,7 @@ Bad arguments print one line to stderr and exit with status 2 (no traceback).
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -216,13 +217,115 @@ async def ingest(self, exchange: str, symbols: str | None, url: str | None, trad
              f"frame -> broker ack p50 {pct(50)} p99 {pct(99)}")
 
 
+def _time_ms(value: str, name: str) -> int:
+    from datetime import datetime, timezone
+
+    try:
+        if value.isdigit():
+            return int(value)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    except ValueError:
+        fail(f"{name} must be ms since epoch or an ISO-8601 time, got {value!r}")
+
+
+@app.command(
+    option("--start", default=None, help="Start of the range (ms or ISO-8601 UTC), from the event store."),
+    option("--end", default=None, help="End of the range (exclusive)."),
+    option("--file", default=None, help="Backtest a data file instead (trades or candles CSV)."),
+    option("--token", default=None, help="Token for candle files / only this token from the store."),
+    option("--agents", default="trading.rules", show_default=True, help="Signal agents that vote (comma separated)."),
+    option("--balance", default="100000", show_default=True, help="Starting balance (USD)."),
+    option("--rules", default=None, help="Trading rule set: default or sma_cross (default: TRADING_RULES)."),
+    option("--speed", default="max", show_default=True, help="Replay speed: a real-time multiple, or 'max'."),
+    option("--out", default=None, help="Report folder (default .local/backtests/RUN_ID)."),
+)
+async def backtest(self, start: str | None, end: str | None, file: str | None, token: str | None, agents: str,
+                   balance: str, rules: str | None, speed: str, out: str | None) -> None:
+    """Replay history through the same agents, isolated from live trading, and report."""
+    import tempfile
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from backtest.runner import INPUT_TYPES, run_backtest, write_reports
+    from models.events import BacktestReport, derived_id
+    from store.eventstore import Row
+    from streams.sink import store
+
+    pace = parse_speed(speed)
+    try:
+        cash = float(balance)
+        if not cash > 0:
+            raise ValueError
+    except ValueError:
+        fail(f"--balance must be a number > 0 (USD), got {balance!r}")
+    names = [a.strip() for a in agents.split(",") if a.strip()]
+    if not names:
+        fail("--agents needs at least one agent")
+    if rules not in (None, "default", "sma_cross"):
+        fail(f"--rules must be 'default' or 'sma_cross', got {rules!r}")
+    if file:
+        try:
+            rows = read_ticks(file, token=token.upper() if token else None)
+        except FeedError as exc:
+            fail(str(exc))
+        events = [{"event_id": str(derived_id("backtest.input", file, i)), "event_type": "price.tick",
+                   "timestamp": r.ts_ms, "token": r.token, "source": "backtest.file", "price": r.price,
+                   **({"size": r.size} if r.size is not None else {})} for i, r in enumerate(rows)]
+    else:
+        if not (start and end):
+            fail("give --start and --end (a range of the event store), or --file")
+        lo, hi = _time_ms(start, "--start"), _time_ms(end, "--end")
+        if hi <= lo:
+            fail("--end must be after --start")
+        events, cursor = [], None
+        try:
+            while True:
+                page, cursor = await store.query(lo, hi, token=token.upper() if token else None,
+                                                 event_types=list(INPUT_TYPES), limit=10_000, cursor=cursor)
+                events += [json.loads(r["data"]) for r in page]
+                if cursor is None:
+                    break
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback
+            fail(f"cannot read the event store: {type(exc).__name__}: {exc}", 1)
+    if not events:
+        fail("nothing to replay in that range")
+    extra = {"TRADING_RULES": rules} if rules else {}
+    workdir = Path(tempfile.mkdtemp(prefix="moondev-backtest-"))
+    self.say(f"replaying {len(events):,} events through {names} (balance {cash:,.0f} USD, speed {speed})")
+    with tqdm(total=len(events), unit="ev", unit_scale=True, desc="replay") as bar:
+        result = await asyncio.get_running_loop().run_in_executor(None, lambda: run_backtest(
+            events, workdir=workdir, database_url=settings.database_url, kafka_broker=settings.kafka_broker,
+            balance=cash, agents=names, bar_seconds=settings.bar_seconds, speed=pace, settings=extra,
+            progress=bar.update))
+    folder = Path(out) if out else Path(".local/backtests") / result.run_id
+    json_path, html_path = write_reports(result, folder)
+    report = result.report()
+    ev = BacktestReport(event_id=derived_id("backtest.report", result.run_id), timestamp=int(time.time() * 1000),
+                        source="backtest", run_id=result.run_id, params=report["params"],
+                        metrics=report["metrics"] | {"replay": report["replay"]})
+    try:
+        await store.write([Row(ev.event_id, ev.event_type, ev.timestamp, None, encode_event(ev).decode(), ev.source)])
+    except Exception as exc:  # noqa: BLE001
+        self.say(f"warning: report not stored in the event store: {type(exc).__name__}: {exc}")
+    finally:
+        await store.close()
+    m = result.performance
+    self.say(f"{result.events:,} events in {result.replay_seconds:.1f} s = {result.events_per_second:,.0f} events/s "
+             f"({report['replay']['real_time_multiple']}x real time); return {m.total_return_pct:.2f}%, "
+             f"max drawdown {m.max_drawdown_pct:.2f}%, {m.trades} closed trades, win rate {m.win_rate_pct}, "
+             f"fees {m.fees_paid:.2f} USD")
+    self.say(f"reports: {json_path} {html_path}")
+
+
 @app.command()
 async def migrate(self) -> None:
     """Create or upgrade the event-store schema in PostgreSQL (idempotent)."""
     from streams.sink import store
 
     try:
-        version = await store.migrate()
+        version = await store.migrate(settings.store_compress_after_days, settings.store_retention_days)
     except Exception as exc:  # noqa: BLE001 - one line, no traceback
         fail(f"cannot migrate {settings.database_url.split('@')[-1]}: {type(exc).__name__}: {exc}", 1)
     finally:

@@ -25,11 +25,13 @@ def score(signals: Iterable[Mapping], weights: Mapping[str, float], default_weig
           ) -> tuple[float, dict[str, float]]:
     """Confidence-weighted consensus score of signals (dicts with ``agent``, ``action``, ``score``,
     ``confidence``). Returns ``(score, effective weight per agent)``; ``(0.0, {})`` when no signal
-    has weight."""
+    has weight. Agents weighted 0 are left out entirely."""
     num = den = 0.0
     eff: dict[str, float] = {}
     for s in signals:
         w = weights.get(s["agent"], default_weight) * s["confidence"]
+        if weights.get(s["agent"], default_weight) <= 0:
+            continue  # an agent weighted 0 is switched off: it neither votes nor counts
         sign = 1.0 if s["action"] == "BUY" else -1.0 if s["action"] == "SELL" else 0.0
         num += w * sign * s["score"]
         den += w

@@ -71,3 +71,20 @@ def evaluate(ind: dict[str, float | None]) -> RuleSignal:
     score = round(100.0 * abs(net) / sided, 2) if sided else 0.0
     action = "BUY" if net > 0 else "SELL" if net < 0 else "HOLD"
     return RuleSignal(action, score, round(informed / total, 4), reasons)
+
+
+def sma_cross(ind: dict[str, float | None]) -> RuleSignal:
+    """The textbook SMA(20)/SMA(50) crossover: BUY (score 100) on the bar SMA(20) crosses above
+    SMA(50), SELL on the bar it crosses below, HOLD otherwise. Confidence 1. Used for backtests
+    that must match other tools' SMA-cross strategies."""
+    s20, s50, p20, p50 = (ind.get(k) for k in ("sma_20", "sma_50", "sma_20_prev", "sma_50_prev"))
+    if None in (s20, s50, p20, p50):
+        return RuleSignal("HOLD", 0.0, 0.0, ["not enough bars"])
+    if p20 < p50 and s20 > s50:
+        return RuleSignal("BUY", 100.0, 1.0, ["golden cross SMA20/SMA50"])
+    if p20 > p50 and s20 < s50:
+        return RuleSignal("SELL", 100.0, 1.0, ["death cross SMA20/SMA50"])
+    return RuleSignal("HOLD", 0.0, 1.0, [])
+
+
+RULE_SETS = {"default": evaluate, "sma_cross": sma_cross}

@@ -80,7 +80,7 @@ def close_bar(token: str, closed: Bar, length_ms: int, tick: PriceTick) -> Signa
         del closes[: len(closes) - settings.bar_history]
     bar_history[token] = {"closes": closes, "last_start": closed.start_ms}
     values = ind.compute(closes)
-    sig = signals.evaluate(values)
+    sig = signals.RULE_SETS[settings.trading_rules](values)
     bar_end = closed.start_ms + length_ms
     corr = correlations.get(token)
     if (corr and corr.get("active") and corr.get("action") == sig.action

@@ -1,0 +1,1 @@
+"""Replay backtesting through the same agents (see :mod:`backtest.runner`)."""
