@@ -94,6 +94,7 @@ bench: install up
 	$(BIN)/python bench/risk.py
 	$(BIN)/python bench/signals.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/store.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench

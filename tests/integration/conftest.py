@@ -29,8 +29,8 @@ def local_services():
         pytest.fail(f"{' and '.join(missing)} not running on 127.0.0.1: run 'make up' (make test does)")
 
 
-@pytest.fixture(scope="session")
-def database_url(local_services):
+def _temporary_database():
+    """Create a database, yield its URL, drop it."""
     name = f"moondev_test_{uuid.uuid4().hex[:8]}"
 
     async def admin(sql: str) -> None:
@@ -43,3 +43,14 @@ def database_url(local_services):
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(local_services):
+    yield from _temporary_database()
+
+
+@pytest.fixture
+def fresh_database_url(local_services):
+    """An empty database of its own, for tests that count what the store holds."""
+    yield from _temporary_database()

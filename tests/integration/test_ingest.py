@@ -9,25 +9,9 @@ import asyncio
 import json
 import sys
 
-from aiokafka import AIOKafkaConsumer
-
 from app.local import FAUST, ROOT, Stack
+from backtest.runner import read_topics
 from tests.servers.exchange_ws import DATA, FakeExchangeWS, binance_raw
-
-
-async def _read_all(topics: list[str], idle_s: float = 3.0) -> list[tuple[str, dict]]:
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    out = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
-            if not batch:
-                return out
-            for msgs in batch.values():
-                out += [(m.topic, json.loads(m.value)) for m in msgs]
-    finally:
-        await consumer.stop()
 
 
 async def test_ingest_command_publishes_every_trade_once(tmp_path):
@@ -50,7 +34,7 @@ async def test_ingest_command_publishes_every_trade_once(tmp_path):
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     assert server.finished.is_set() and server.connections == 2, text[-3000:]
-    seen = await _read_all([prefix + "price.ticks", prefix + "dead.letters"])
+    seen = await read_topics("127.0.0.1:9092", [prefix + "price.ticks", prefix + "dead.letters"], 3.0)
     ticks = [e for t, e in seen if t.endswith("price.ticks")]
     assert len(ticks) == len({e["event_id"] for e in ticks}) == len(trade_ids)
     assert {e["token"] for e in ticks} == {"ETH"} and all(e["source"] == "binance" for e in ticks)

@@ -88,6 +88,11 @@ def test_consensus_join_through_kafka(stack):
             await bus.send("signal.generated", "DDD", sig("DDD", T0 + 60_000, "trading.rules", "SELL", 10))
             await asyncio.sleep(3)  # anything duplicated would arrive by now
             views["sentiment"] = w2.get("/sentiment/EEE/")
+            q = f"/events/?start={T0}&end={T0 + 120_000}&type=signal.generated&token=BBB&limit=2"
+            views["events"] = w2.get(q)
+            if views["events"].get("next_cursor"):
+                views["events2"] = w2.get(q + f"&cursor={views['events']['next_cursor']}")
+            views["events_bad"] = w2.get("/events/?start=yesterday&end=1")
             views["indicators"] = w2.get("/indicators/EEE/")
             w2.stop()
             return list(bus.seen)
@@ -115,3 +120,9 @@ def test_consensus_join_through_kafka(stack):
     five = views["sentiment"]["windows"]["5m"]
     assert five["updates"] == 3 and five["bullish_pct"] == pytest.approx(70.0)
     assert views["indicators"]["error"] == "no closed bar for EEE"
+
+    # the event store's query view pages through the stored signals in time order
+    first, second = views["events"], views["events2"]
+    assert [e["data"]["timestamp"] for e in first["events"]] == [T0, T0 + 6000]
+    assert [e["data"]["timestamp"] for e in second["events"]] == [T0 + 60_000] and second["next_cursor"] is None
+    assert "error" in views["events_bad"]
