@@ -189,5 +189,6 @@ case "${1:-}" in
     say "services: data deleted" ;;
   kafka-up) kafka_up ;;
   pg-up) pg_up ;;
-  *) say "usage: $0 up|down|status|purge"; exit 2 ;;
+  pg-down) pg_down ;;
+  *) say "usage: $0 up|down|status|purge|kafka-up|pg-up|pg-down"; exit 2 ;;
 esac

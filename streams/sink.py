@@ -2,9 +2,10 @@
 
 One agent per topic reads with ``noack_take`` (batches of SINK_BATCH_SIZE or SINK_BATCH_SECONDS)
 and acks the batch's events only after its rows are committed, so Kafka offsets never pass an
-event that is not durable. When PostgreSQL is unreachable the batch is retried with exponential
-backoff (capped at 10 s) while the rest of the pipeline keeps trading; inserts are idempotent on
-``event_id``, so a batch redelivered after a crash is stored once.
+event that is not durable. When PostgreSQL is unreachable the batches queue up (up to
+SINK_MAX_PENDING_EVENTS) and are retried with exponential backoff (capped at 10 s) while the
+rest of the pipeline keeps trading; inserts are idempotent on (timestamp, ``event_id``), so a
+batch redelivered after a crash is stored once.
 
 Topics that no other agent validates (no agent reads them yet) have their invalid messages sent
 to the dead letters here.
@@ -60,19 +61,38 @@ async def write_with_retry(rows: list[Row], topic: str) -> None:
 
 def _make_sink(name: str):
     async def sink(stream):
-        async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
-            rows: list[Row] = []
-            for event in events:
-                try:
-                    rows.append(to_row(event.value))
-                except EventError as exc:
-                    if name == "dead.letters":  # never dead-letter a dead letter (no loops)
-                        log.error("invalid message on the dead-letter topic skipped: %s", exc.reason)
-                    elif name not in VALIDATED_ELSEWHERE:
-                        await dead_letter(event.message, exc.reason, f"sink.{name}")
-            await write_with_retry(rows, name)
-            for event in events:
-                await stream.ack(event)
+        # Faust hands a topic's messages to every agent reading it; an agent that stops reading
+        # stalls the others. So the sink keeps reading while the database is down: batches wait
+        # (unacked, so their offsets are not committed) for a writer task that stores them in
+        # order, retrying with backoff, and acks them once committed. Only past
+        # SINK_MAX_PENDING_EVENTS waiting does the sink stop reading (and the topic with it).
+        pending: asyncio.Queue = asyncio.Queue()
+        room = asyncio.Semaphore(max(1, settings.sink_max_pending_events // settings.sink_batch_size))
+
+        async def writer() -> None:
+            while True:
+                rows, events = await pending.get()
+                await write_with_retry(rows, name)
+                for event in events:
+                    await stream.ack(event)
+                room.release()
+
+        task = asyncio.ensure_future(writer())
+        try:
+            async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
+                rows: list[Row] = []
+                for event in events:
+                    try:
+                        rows.append(to_row(event.value))
+                    except EventError as exc:
+                        if name == "dead.letters":  # never dead-letter a dead letter (no loops)
+                            log.error("invalid message on the dead-letter topic skipped: %s", exc.reason)
+                        elif name not in VALIDATED_ELSEWHERE:
+                            await dead_letter(event.message, exc.reason, f"sink.{name}")
+                await room.acquire()
+                pending.put_nowait((rows, events))
+        finally:
+            task.cancel()
 
     sink.__name__ = sink.__qualname__ = f"sink_{name.replace('.', '_')}"
     return app.agent(TOPICS[name], name=f"sink.{name}")(sink)
