@@ -178,24 +178,34 @@ async def _declare_on_start() -> None:
     await declare_topics()
 
 
-async def dead_letter(message, reason: str, agent: str) -> None:
-    """Send a message that failed to parse or validate to the dead-letter topic with the reason.
+def dead_letter_event(raw: bytes | str, reason: str, source: str, topic: str, partition: int | None,
+                      offset: int | None, timestamp_ms: int, id_parts: tuple = ()) -> DeadLetter:
+    """The dead letter of a message or frame that failed to parse or validate, always storable.
 
-    ``message`` is the Faust ``Message`` (``event.message``). The dead letter's id is derived from
-    topic, partition and offset, so a redelivered bad message is stored once.
+    ``topic``/``partition``/``offset`` locate it (for a WebSocket frame: ``ws:<feed>``, no
+    partition, the frame's number); the id derives from them (and ``id_parts``, for locations that
+    are not unique on their own), so a redelivered bad message is stored once.
     """
-    raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value), "utf-8")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="replace")
     # NUL cannot be stored in jsonb: replace it too, and keep the exact bytes in base64.
     text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     b64 = None
     if text.encode("utf-8") != raw or NUL_ESCAPE in raw:
         b64 = base64.b64encode(raw).decode()
         text = text.replace(NUL_ESCAPE.decode(), "\\ufffd")
+    return DeadLetter(event_id=derived_id("dead_letter", topic, partition, offset, *id_parts), timestamp=timestamp_ms,
+                      source=source, raw=text[:100_000], raw_b64=b64, topic=topic, partition=partition,
+                      offset=offset, reason=reason[:2000])
+
+
+async def dead_letter(message, reason: str, agent: str) -> None:
+    """Send a Kafka message (``event.message``) that failed to parse or validate to the
+    dead-letter topic with the reason."""
+    raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value), "utf-8")
     ts = message.timestamp
-    dl = DeadLetter(
-        event_id=derived_id("dead_letter", message.topic, message.partition, message.offset),
-        timestamp=int(ts * 1000) if ts else 0, source=agent, raw=text[:100_000], raw_b64=b64,
-        topic=message.topic, partition=message.partition, offset=message.offset, reason=reason[:2000])
+    dl = dead_letter_event(raw, reason, agent, message.topic, message.partition, message.offset,
+                           int(ts * 1000) if ts else 0)
     log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
     DEAD_LETTERS.labels(message.topic).inc()
     await emit(dl)

@@ -32,6 +32,7 @@ from app.metrics import CONSUMER_LAG, REGISTRY
 from streams.portfolio import portfolio_view
 from streams.sink import store
 from domain import sentiment as sm
+from feeds.files import parse_time_ms
 from tables import correlations, indicators, portfolio, sentiment_windows
 
 
@@ -128,12 +129,10 @@ class Correlation(View):
 def _time_arg(value: str | None, name: str) -> int:
     if value is None:
         raise ValueError(f"{name} is required")
-    if value.isdigit():
-        return int(value)
-    from datetime import datetime, timezone
-
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    try:
+        return parse_time_ms(value)
+    except ValueError:
+        raise ValueError(f"{name} must be ms since epoch or ISO-8601, got {value!r}") from None
 
 
 @app.page("/events/")

@@ -133,6 +133,16 @@ def equity_curve(events: list[dict], fills: list[dict], balance: float, bar_ms: 
     closes: dict[str, list[tuple[int, float]]] = {}
     fi, bucket = 0, None
 
+    def apply_until(t: float) -> None:
+        nonlocal fi
+        while fi < len(fills) and fills[fi]["timestamp"] <= t:
+            f = fills[fi]
+            closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"],
+                                f["timestamp"], f.get("fill_id") or f["client_order_id"])
+            if closed is not None:
+                pnls.append(closed.pnl_usd)
+            fi += 1
+
     def sample(t: int) -> None:
         eq = pf["cash"] + sum(p["size"] * last.get(tok, p["entry_price"]) for tok, p in pf["positions"].items())
         times.append(t)
@@ -147,23 +157,11 @@ def equity_curve(events: list[dict], fills: list[dict], balance: float, bar_ms: 
         if bucket is not None and b > bucket:
             for tok, px in last.items():
                 closes.setdefault(tok, []).append((bucket + bar_ms, px))
-            while fi < len(fills) and fills[fi]["timestamp"] <= bucket + bar_ms:
-                f = fills[fi]
-                closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"],
-                                    f["timestamp"], f.get("fill_id") or f["client_order_id"])
-                if closed is not None:
-                    pnls.append(closed.pnl_usd)
-                fi += 1
+            apply_until(bucket + bar_ms)
             sample(bucket + bar_ms)
         bucket = b
         last[ev["token"]] = ev["price"]
-    while fi < len(fills):
-        f = fills[fi]
-        closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"], f["timestamp"],
-                            f.get("fill_id") or f["client_order_id"])
-        if closed is not None:
-            pnls.append(closed.pnl_usd)
-        fi += 1
+    apply_until(float("inf"))
     if bucket is not None:
         sample(bucket + bar_ms)
     return times, equity, exposed, pnls, pf["fees_paid"], closes

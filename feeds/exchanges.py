@@ -23,11 +23,10 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 
 import orjson
 
-from feeds.files import normalise_token
+from feeds.files import normalise_token, parse_time_ms
 from feeds.live import ParseError, Protocol, Resubscribe
 from models.events import Envelope, LiquidationEvent, PriceTick, derived_id
 
@@ -200,7 +199,7 @@ class Coinbase(_Base):
     @staticmethod
     def _time(d: Mapping) -> int:
         try:
-            return int(datetime.fromisoformat(str(d["time"]).replace("Z", "+00:00")).timestamp() * 1000)
+            return parse_time_ms(str(d["time"]))
         except (KeyError, ValueError):
             raise ParseError(f"bad or missing 'time': {d.get('time')!r}") from None
 

@@ -60,7 +60,9 @@ def _open_text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(stream, encoding="utf-8", newline="")
 
 
-def _parse_ts(value: str) -> int:
+def parse_time_ms(value: str) -> int:
+    """A time as ms since epoch UTC: digits are ms (or seconds when below 1e11), anything else
+    ISO-8601 (UTC when it names no zone; a trailing ``Z`` is accepted). Raises ``ValueError``."""
     v = value.strip()
     if v.isdigit():
         n = int(v)
@@ -99,7 +101,7 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
                     rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(row["symbol"]), price,
                                         qty if coin_qty else None, price * qty if coin_qty else qty * 100.0))
                 else:
-                    rows.append(TickRow(_parse_ts(row["timestamp"]) + 60_000, token, float(row["close"]), None,
+                    rows.append(TickRow(parse_time_ms(row["timestamp"]) + 60_000, token, float(row["close"]), None,
                                         float(row["volume"])))
         except (KeyError, ValueError) as exc:
             raise FeedError(f"{path.name} line {reader.line_num}: {exc}") from None

@@ -174,7 +174,6 @@ class WsFeed:
                     await ws.send_json(frame)
                 if self.protocol.ping_interval:
                     pinger = asyncio.ensure_future(self._ping(ws))
-                n = 0
                 while True:
                     try:
                         msg = await asyncio.wait_for(ws.receive(), self.stale_seconds)
@@ -189,7 +188,6 @@ class WsFeed:
                     received = time.perf_counter()
                     if self.stats.first_frame is None:
                         self.stats.first_frame = received
-                    n += 1
                     got_data = True
                     self.stats.frames += 1
                     FEED_FRAMES.labels(self._labels).inc()
@@ -199,7 +197,7 @@ class WsFeed:
                     except ParseError as exc:
                         self.stats.parse_errors += 1
                         FEED_PARSE_ERRORS.labels(self._labels).inc()
-                        await self.dead_letter(text, str(exc), n)
+                        await self.dead_letter(text, str(exc), self.stats.frames)
                         continue
                     except Resubscribe as exc:
                         self.stats.gaps += 1

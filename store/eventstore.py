@@ -185,14 +185,13 @@ class EventStore:
             return 0
         if self._mode is None:
             await self.migrate()
-        await self.ensure_partitions({_ts(r.timestamp_ms).date() for r in rows})
+        records = [(r.event_id, r.event_type, _ts(r.timestamp_ms), r.token, r.data, r.source) for r in rows]
+        await self.ensure_partitions({rec[2].date() for rec in records})
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("CREATE TEMP TABLE IF NOT EXISTS events_stage (event_id uuid, event_type text, "
                                "timestamp timestamptz, token text, data jsonb, source text) ON COMMIT DELETE ROWS")
-            await conn.copy_records_to_table(
-                "events_stage", columns=COLUMNS,
-                records=[(r.event_id, r.event_type, _ts(r.timestamp_ms), r.token, r.data, r.source) for r in rows])
+            await conn.copy_records_to_table("events_stage", columns=COLUMNS, records=records)
             status = await conn.execute("INSERT INTO events (event_id, event_type, timestamp, token, data, source) "
                                         "SELECT * FROM events_stage ON CONFLICT DO NOTHING")
         return int(status.rsplit(" ", 1)[-1])
