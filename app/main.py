@@ -41,8 +41,27 @@ def _broker_credentials():
     return faust.SSLCredentials(ctx)
 
 
+class _RawStrKeys:
+    """Table keys typed ``str`` are serialized raw (Faust's default for them is JSON): a key's bytes
+    are the topic key's bytes, so table routing (``app.table_route``) finds the partition that
+    holds it, and keys recovered from a changelog equal the keys agents write."""
+
+    def _serializer_from_type(self, typ):
+        return "raw" if typ is str else super()._serializer_from_type(typ)
+
+
+class RawKeyTable(_RawStrKeys, faust.Table):
+    pass
+
+
+class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
+    pass
+
+
 app = faust.App(
     settings.app_id,
+    Table=RawKeyTable,
+    GlobalTable=RawKeyGlobalTable,
     broker=settings.kafka_broker,
     broker_credentials=_broker_credentials(),
     store=settings.store_url,

@@ -50,6 +50,14 @@ def _rebuild() -> None:
     _stale = False
 
 
+def _state(token: str) -> dict:
+    state = consensus_windows.get(token)
+    if state is None or "open" not in state:
+        # none yet, or the tumbling-window layout of earlier versions: keep its watermark only
+        return cs.new_state() | ({"closed_until": state.get("closed_until", 0)} if state else {})
+    return state
+
+
 def _decision(token: str, w: dict, approved: bool, ts: int) -> ConsensusDecision:
     wms = settings.consensus_window_ms
     sigs = list(w["signals"].values())
@@ -86,7 +94,7 @@ def on_signal(sig: SignalGenerated, partition: int = 0) -> list[ConsensusDecisio
             out.append(_decision(token, failed, False, failed["first"] + wms))
         consensus_windows[token] = state
 
-    state = consensus_windows.get(sig.token) or cs.new_state()
+    state = _state(sig.token)
     state["partition"] = partition
     entry = {"agent": sig.agent, "action": sig.action, "score": sig.score, "confidence": sig.confidence,
              "price": sig.price, "ts": sig.timestamp,

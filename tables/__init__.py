@@ -22,7 +22,8 @@ rather than ``bytes`` so that keys recovered from a changelog equal the keys age
 
 from app.main import app
 
-# Raw str keys hash like the topic keys (so table routing matches the topics); values JSON.
+# str keys, serialized raw by the app's table classes (app.main.RawKeyTable): they hash like the
+# topic keys, so table routing matches the topics. Values JSON.
 _json = dict(key_type=str)
 
 bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
