@@ -15,6 +15,7 @@ import uuid
 import click
 from faust.cli import argument, option
 
+from app.sla import violations_due
 from app.main import TOPICS, app, declare_topics, settings
 from feeds.files import FeedError, RollingVolume, parse_time_ms, read_ticks, schedule
 from models.events import PriceTick, encode_event
@@ -205,7 +206,18 @@ async def ingest(self, exchange: str, symbols: str | None, url: str | None, trad
     # takes garbage-collection pauses out of the frame-to-ack tail.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    stats = await feed.run()
+
+    async def report_sla() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for ev in violations_due(f"ingest.{name}"):
+                await publish(b"", encode_event(ev), ev.event_type)
+
+    sla_task = asyncio.ensure_future(report_sla())
+    try:
+        stats = await feed.run()
+    finally:
+        sla_task.cancel()
     await producer.flush()
     lat = sorted(feed.ack_latencies)
 

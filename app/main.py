@@ -21,12 +21,16 @@ from datetime import timedelta
 
 import faust
 
-from app.metrics import DEAD_LETTERS, EVENTS_PRODUCED
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+from app.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
+from app.redact import install_redaction
 from app.settings import get_settings
 from models.events import NUL_ESCAPE, DeadLetter, Envelope, EventError, decode_event, derived_id, encode_event
 
 log = logging.getLogger("moondev")
 settings = get_settings()
+install_redaction(settings.secrets())
 
 
 def _broker_credentials():
@@ -88,7 +92,14 @@ app = faust.App(
     # replayed by the next owner, and every agent is idempotent under replay.
     stream_wait_empty=False,
     web_in_thread=False,
+    broker_session_timeout=settings.kafka_session_timeout_seconds,
+    broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
 )
+
+# Faust's own sensors (messages per topic, events per stream, send latency, rebalances, ...) into
+# the same registry as the domain metrics, under one fixed prefix so dashboards do not depend on
+# the app id.
+app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "faust"))
 
 DAY = timedelta(days=1)
 
@@ -151,6 +162,7 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "state.changed": "state.changes",
     "agent.error": "system",
     "metric.sla_violation": "system",
+    "control.action": "system",
     "backtest.report": "system",
     "dead_letter": "dead.letters",
 }
@@ -182,6 +194,7 @@ async def emit(event: Envelope, topic_name: str | None = None) -> None:
     name = topic_name or TOPIC_OF_EVENT[event.event_type]
     await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
     EVENTS_PRODUCED.labels(event.event_type).inc()
+    AGENT_EVENTS.labels(event.source, "out").inc()
 
 
 async def declare_topics() -> None:
@@ -233,7 +246,9 @@ async def dead_letter(message, reason: str, agent: str) -> None:
 async def valid_events(stream, expect: tuple, agent: str):
     """Iterate ``(event, decoded)`` over a stream's events; messages that fail to decode or do not
     belong (``expect``: allowed event classes) go to the dead letters with the reason."""
+    received = AGENT_EVENTS.labels(agent, "in")
     async for event in stream.events():
+        received.inc()
         try:
             decoded = decode_event(event.value, expect)
         except EventError as exc:

@@ -64,3 +64,22 @@ FEED_LAG_SECONDS = Histogram("moondev_feed_lag_seconds", "Exchange timestamp to 
 FEED_ACK_SECONDS = Histogram("moondev_feed_publish_seconds", "Frame receipt to broker acknowledgement (seconds)",
                              ["feed"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.5),
                              registry=REGISTRY)
+AGENT_EVENTS = Counter("moondev_agent_events_total", "Events per agent (the event source) and direction (in, out)",
+                       ["agent", "direction"], registry=REGISTRY)
+TICK_TO_DECISION_SECONDS = Histogram(
+    "moondev_tick_to_decision_seconds", "Wall-clock time from the tick's produce to its consensus decision (seconds)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+SINK_BATCH_ROWS = Histogram("moondev_sink_batch_rows", "Rows per event-store batch write",
+                            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=REGISTRY)
+SLA_VIOLATIONS = Counter("moondev_sla_violations_total", "Observations over their SPEC section 7 limit, by metric",
+                         ["metric"], registry=REGISTRY)
+DASHBOARD_CLIENTS = Gauge("moondev_dashboard_clients", "Connected dashboard WebSocket clients", registry=REGISTRY)
+DASHBOARD_MESSAGES = Counter("moondev_dashboard_messages_total", "Dashboard pushes by kind", ["kind"],
+                             registry=REGISTRY)
+DASHBOARD_DROPPED = Counter("moondev_dashboard_slow_clients_total", "Dashboard clients disconnected for being slow",
+                            registry=REGISTRY)
+DASHBOARD_DELIVERY_SECONDS = Histogram(
+    "moondev_dashboard_delivery_seconds", "Produce time of a state.changed event to its push to the clients (seconds)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=REGISTRY)
+CONTROL_REQUESTS = Counter("moondev_control_requests_total", "Control endpoint requests by action and outcome "
+                           "(ok, unauthorized, rate_limited, invalid)", ["action", "outcome"], registry=REGISTRY)

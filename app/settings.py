@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
+    #: A worker that sends no heartbeat for this long (s) is dropped from the group and its
+    #: partitions (and their tables, from standby replicas) move to the others.
+    kafka_session_timeout_seconds: float = Field(30.0, ge=6)
+    kafka_heartbeat_interval_seconds: float = Field(3.0, gt=0)
 
     # --- trading account (paper)
     account: str = "paper"
@@ -164,6 +168,30 @@ class Settings(BaseSettings):
     #: reading its topic; ~1 KB each.
     sink_max_pending_events: int = Field(500_000, ge=1)
 
+    # --- web: access control, dashboard, SLA (SPEC §6, §7)
+    #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as
+    #: ``operator``. CONTROL_TOKENS (JSON {"name": "token"}) names several holders. Without any
+    #: token the control endpoints refuse every request (401).
+    control_token: SecretStr | None = None
+    control_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    #: Require the bearer token on the read views too (health probes and the dashboard page's
+    #: static assets stay open; the dashboard then asks for the token).
+    read_auth: bool = False
+    #: Control requests per client (token holder, or address when unauthenticated) per minute.
+    control_rate_per_minute: int = Field(10, ge=1)
+    #: Dashboard: WebSocket clients per worker, recent events kept per list, and the bytes a slow
+    #: client may have queued before it is disconnected.
+    dashboard_max_clients: int = Field(2000, ge=1)
+    dashboard_history: int = Field(100, ge=1, le=10_000)
+    dashboard_client_buffer_bytes: int = Field(1_048_576, ge=65_536)
+    #: SPEC §7 limits (ms), checked on every observation; a breach counts in
+    #: moondev_sla_violations_total and emits metric.sla_violation (at most one per metric per
+    #: SLA_EVENT_INTERVAL_SECONDS, carrying the number of breaches it stands for).
+    sla_limits_ms: dict[str, float] = Field(default_factory=lambda: {
+        "tick_to_publish": 15.0, "tick_to_risk_alert": 50.0, "risk_evaluation": 5.0,
+        "signal_to_order": 200.0, "state_to_dashboard": 50.0, "event_store_insert": 10.0})
+    sla_event_interval_seconds: float = Field(10.0, gt=0)
+
     @field_validator("kafka_broker")
     @classmethod
     def _broker_scheme(cls, v: str) -> str:
@@ -177,6 +205,25 @@ class Settings(BaseSettings):
             raise ValueError("EXCHANGE=hyperliquid needs HYPERLIQUID_SECRET_KEY")
         self.sizing.setdefault("default", SizingRule(fraction=self.position_fraction))
         return self
+
+    def control_holders(self) -> dict[str, str]:
+        """Token holder name -> token (secret values)."""
+        out = {k: v.get_secret_value() for k, v in self.control_tokens.items()}
+        if self.control_token is not None:
+            out.setdefault("operator", self.control_token.get_secret_value())
+        return {k: v for k, v in out.items() if v}
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for log redaction."""
+        from urllib.parse import urlparse
+        values = [*self.control_holders().values(), self.kafka_sasl_password or ""]
+        for s in (self.anthropic_api_key, self.hyperliquid_secret_key, self.discord_webhook_url):
+            if s is not None:
+                values.append(s.get_secret_value())
+        if self.discord_webhook_url is not None:  # the webhook's token is its last path part
+            values.append(self.discord_webhook_url.get_secret_value().rstrip("/").rsplit("/", 1)[-1])
+        values.append(urlparse(self.database_url).password or "")
+        return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
     @property
     def limits(self) -> Limits:

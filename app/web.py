@@ -1,6 +1,9 @@
 """Web views on the Faust web port (WEB_PORT, 6066 by default).
 
 - ``GET /health/``: broker reachable, database reachable, tables recovered; 200 when all are, else 503.
+- ``GET /health/live/`` (liveness: the event loop answers) and ``GET /health/ready/`` (readiness:
+  broker reachable, tables recovered, no rebalance in progress; 503 otherwise), for Kubernetes
+  probes. The health views never require a token.
 - ``GET /portfolio/`` and ``/portfolio/{account}/``: cash, equity, positions (size, entry and mark
   price, unrealised PnL), leverage, realised PnL and fees (USD). Routed to the worker that owns
   the account's partition, so any replica answers.
@@ -12,7 +15,24 @@
   (``start``/``end`` in ms since epoch or ISO-8601, end exclusive), token and event type (comma
   separated), ordered by time, ``limit`` per page (default 500, at most 10,000) and a ``cursor``
   for the next page (``next_cursor`` of the previous answer). 400 with the reason on bad input.
-- ``GET /metrics/``: Prometheus text exposition.
+- ``GET /positions/`` and ``/positions/{account}/``: the account's open positions as a list (size,
+  entry and mark price, unrealised PnL, liquidation price and distance %), routed like the
+  portfolio.
+- ``GET /signals/``, ``/decisions/``, ``/alerts/``, ``/orders/``, ``/trades/``: the most recent
+  events (DASHBOARD_HISTORY, oldest first) across every partition, from the dashboard hub, so every
+  replica gives the same answer; ``?token=`` filters by token.
+- ``GET /halt/``: the trading-halt flag per account (a global table: every worker has it).
+- ``GET /dashboard/``: the live dashboard page; ``/dashboard/ws/`` its WebSocket
+  (:mod:`app.dashboard`); ``/static/...`` its vendored assets.
+- ``POST /control/halt/``, ``/control/resume/``, ``/control/close-all/`` with a JSON body
+  ``{"reason": "...", "account": "..."}`` (account defaults to ACCOUNT): need ``Authorization:
+  Bearer <token>`` (:mod:`app.control`); 401 without a valid one, 429 past
+  CONTROL_RATE_PER_MINUTE per client, 400 on a bad body, 202 when the action is sent. Every
+  request, refused or not, is audited as a ``control.action`` event (who, why, client, outcome).
+- ``GET /metrics/``: Prometheus text exposition (Faust's sensors and the domain metrics).
+
+With READ_AUTH set, every read view except the health views and the dashboard's page and assets
+needs the bearer token too.
 
 Token views are routed to the worker that owns the token's partition (404 when nothing is known);
 tokens are upper case, as in the events.
@@ -22,18 +42,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from urllib.parse import urlparse
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.main import app, settings
-from app.metrics import CONSUMER_LAG, REGISTRY
+from app.control import MAX_BODY, authenticate, limiter, read_auth, unauthorized
+from app.dashboard import STATIC, hub
+from app.main import app, emit, settings
+from app.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
+from app.sla import emit_due
+from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
 from streams.portfolio import portfolio_view
 from streams.sink import store
 from domain import sentiment as sm
 from feeds.files import parse_time_ms
-from tables import correlations, indicators, portfolio, sentiment_windows
+from tables import correlations, halt, indicators, portfolio, sentiment_windows
+
+log = logging.getLogger("moondev.web")
 
 
 async def _broker_ok() -> bool:
@@ -79,6 +107,7 @@ def _portfolio_json(account: str) -> dict:
 
 @app.page("/portfolio/")
 class Portfolio(View):
+    @read_auth
     @app.table_route(table=portfolio, exact_key=settings.account)
     async def get(self, request: Request) -> Response:
         return self.json(_portfolio_json(settings.account))
@@ -86,6 +115,7 @@ class Portfolio(View):
 
 @app.page("/portfolio/{account}/")
 class AccountPortfolio(View):
+    @read_auth
     @app.table_route(table=portfolio, match_info="account")
     async def get(self, request: Request, account: str) -> Response:
         return self.json(_portfolio_json(account))
@@ -107,6 +137,7 @@ def _token_json(view: View, table, token: str, missing: str, render=lambda v: v)
 
 @app.page("/indicators/{token}/")
 class Indicators(View):
+    @read_auth
     @app.table_route(table=indicators, match_info="token")
     async def get(self, request: Request, token: str) -> Response:
         return _token_json(self, indicators, token, "no closed bar")
@@ -114,6 +145,7 @@ class Indicators(View):
 
 @app.page("/sentiment/{token}/")
 class Sentiment(View):
+    @read_auth
     @app.table_route(table=sentiment_windows, match_info="token")
     async def get(self, request: Request, token: str) -> Response:
         return _token_json(self, sentiment_windows, token, "no sentiment", _sentiment_json)
@@ -121,6 +153,7 @@ class Sentiment(View):
 
 @app.page("/correlation/{token}/")
 class Correlation(View):
+    @read_auth
     async def get(self, request: Request, token: str) -> Response:
         # a global table: every worker has it, no routing
         return _token_json(self, correlations, token, "no correlation", lambda v: {"window": "1h", **v})
@@ -137,6 +170,7 @@ def _time_arg(value: str | None, name: str) -> int:
 
 @app.page("/events/")
 class Events(View):
+    @read_auth
     async def get(self, request: Request) -> Response:
         q = request.query
         try:
@@ -165,8 +199,179 @@ def _update_lag() -> None:
         CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
 
+@app.timer(1.0)
+async def _emit_sla_violations() -> None:
+    await emit_due(f"worker:{settings.web_port}")
+
+
 @app.page("/metrics/")
 class Metrics(View):
+    @read_auth
     async def get(self, request: Request) -> Response:
         _update_lag()
         return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+# ------------------------------------------------------------------ probes
+@app.page("/health/live/")
+class Live(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "alive"})
+
+
+@app.page("/health/ready/")
+class Ready(View):
+    async def get(self, request: Request) -> Response:
+        checks = {"broker": await _broker_ok(), "tables_ready": _tables_ready()}
+        ok = all(checks.values())
+        return self.json({"status": "ready" if ok else "not_ready", **checks}, status=200 if ok else 503)
+
+
+# ------------------------------------------------------------------ positions, recent events, halt
+def _positions_json(account: str) -> dict:
+    pf = _portfolio_json(account)
+    return {"account": account, "positions": [{"token": t, **p} for t, p in sorted(pf["positions"].items())]}
+
+
+@app.page("/positions/")
+class Positions(View):
+    @read_auth
+    @app.table_route(table=portfolio, exact_key=settings.account)
+    async def get(self, request: Request) -> Response:
+        return self.json(_positions_json(settings.account))
+
+
+@app.page("/positions/{account}/")
+class AccountPositions(View):
+    @read_auth
+    @app.table_route(table=portfolio, match_info="account")
+    async def get(self, request: Request, account: str) -> Response:
+        return self.json(_positions_json(account))
+
+
+def _recent_view(kind: str):
+    class Recent(View):
+        @read_auth
+        async def get(self, request: Request) -> Response:
+            token = request.query.get("token")
+            snap = hub.snapshot()["recent"][kind]
+            events = [e for e in snap if not token or e.get("token") == token.upper()]
+            return self.json({"ready": hub.ready.is_set(), "events": events})
+    Recent.__name__ = f"Recent_{kind}"
+    return Recent
+
+
+for _kind, _path in [("signal", "/signals/"), ("decision", "/decisions/"), ("alert", "/alerts/"),
+                     ("order", "/orders/"), ("trade", "/trades/")]:
+    app.page(_path)(_recent_view(_kind))
+
+
+@app.page("/halt/")
+class Halt(View):
+    @read_auth
+    async def get(self, request: Request) -> Response:
+        flags = {(k.decode() if isinstance(k, bytes) else k): v for k, v in halt.items()}
+        return self.json({"halted": sorted(a for a, v in flags.items() if v and v.get("halted")), "accounts": flags})
+
+
+# ------------------------------------------------------------------ dashboard
+_ASSETS = {
+    "dashboard.js": "application/javascript", "dashboard.css": "text/css",
+    "vendor/uPlot.iife.min.js": "application/javascript", "vendor/uPlot.min.css": "text/css",
+}
+
+
+@app.page("/dashboard/")
+class Dashboard(View):
+    async def get(self, request: Request) -> Response:
+        return self.html((STATIC / "dashboard.html").read_text())
+
+
+@app.page("/dashboard/ws/")
+class DashboardSocket(View):
+    async def get(self, request: Request):
+        if settings.read_auth and authenticate(request) is None:
+            return unauthorized(self)
+        return await hub.serve(request)
+
+
+@app.page("/static/{path:.+}")
+class Static(View):
+    async def get(self, request: Request, path: str) -> Response:
+        kind = _ASSETS.get(path)
+        if kind is None:  # only the listed files: no path traversal
+            return self.json({"error": "not found"}, status=404)
+        return self.bytes((STATIC / path).read_bytes(), content_type=kind,
+                          headers={"Cache-Control": "public, max-age=3600"})
+
+
+# ------------------------------------------------------------------ control
+async def _control(view: View, request: Request, action: str) -> Response:
+    client = request.remote or "unknown"
+    who = authenticate(request)
+    allowed, retry_after = limiter.allow(f"holder:{who}" if who else f"addr:{client}")
+    if not allowed:
+        CONTROL_REQUESTS.labels(action, "rate_limited").inc()
+        return view.json({"error": "rate limited", "retry_after_s": round(retry_after, 1)}, status=429,
+                         headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+    body: dict = {}
+    try:
+        raw = await request.content.read(MAX_BODY + 1)
+        body = json.loads(raw) if raw.strip() else {}
+        if not isinstance(body, dict) or len(raw) > MAX_BODY:
+            raise ValueError
+    except ValueError:
+        body = {"_invalid": True}
+    why = str(body.get("reason") or "").strip()[:500]
+    account = str(body.get("account") or settings.account)[:64]
+    now = int(time.time() * 1000)
+    audit_id = new_event_id()
+    outcome = "accepted"
+    if who is None:
+        outcome = "unauthorized"
+    elif body.get("_invalid"):
+        outcome = "invalid: body must be a JSON object of at most 4096 bytes"
+    elif not why:
+        outcome = "invalid: a reason is required"
+    await emit(ControlAction(event_id=audit_id, timestamp=now, source="web.control", correlation_id=audit_id,
+                             action=action, account=account, who=who or "anonymous", why=why, client=client,
+                             outcome=outcome))
+    CONTROL_REQUESTS.labels(action, outcome.split(":")[0]).inc()
+    log.warning("control %s for %s by %s from %s: %s (%s)", action, account, who or "anonymous", client,
+                why or "-", outcome)
+    if who is None:
+        return unauthorized(view)
+    if outcome != "accepted":
+        return view.json({"error": outcome.split(": ", 1)[1]}, status=400)
+    common = dict(timestamp=now, source="web.control", correlation_id=audit_id, account=account)
+    text = f"{action} by {who}: {why}"
+    if action == "halt":
+        await emit(RiskEvent(event_id=derived_id("control", audit_id), event_type="risk.alert", severity="WARNING",
+                             violation_type="manual", action_required=text, metrics={"who": who}, **common))
+    elif action == "resume":
+        await emit(RiskEvent(event_id=derived_id("control", audit_id), event_type="risk.ok", severity="INFO",
+                             violation_type="manual", action_required=text, metrics={"who": who}, **common))
+    else:
+        await emit(OrderEvent(event_id=derived_id("control", audit_id), event_type="trade.force_close",
+                              client_order_id="0x" + derived_id("close_all", audit_id).hex, side="SELL", size=0.0,
+                              reason=text, reduce_only=True, **common))
+    return view.json({"accepted": True, "action": action, "account": account, "who": who,
+                      "event_id": str(audit_id)}, status=202)
+
+
+@app.page("/control/halt/")
+class ControlHalt(View):
+    async def post(self, request: Request) -> Response:
+        return await _control(self, request, "halt")
+
+
+@app.page("/control/resume/")
+class ControlResume(View):
+    async def post(self, request: Request) -> Response:
+        return await _control(self, request, "resume")
+
+
+@app.page("/control/close-all/")
+class ControlCloseAll(View):
+    async def post(self, request: Request) -> Response:
+        return await _control(self, request, "close_all")

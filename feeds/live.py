@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from app.sla import sla
 from app.metrics import (FEED_ACK_SECONDS, FEED_EVENTS, FEED_FRAMES, FEED_GAPS, FEED_LAG_SECONDS, FEED_PARSE_ERRORS,
                          FEED_RECONNECTS)
 from models.events import Envelope
@@ -247,5 +248,6 @@ class WsFeed:
         self.stats.last_ack = now
         dt = now - received
         FEED_ACK_SECONDS.labels(self._labels).observe(dt)
+        sla.observe("tick_to_publish", dt * 1000.0)
         if len(self.ack_latencies) < 2_000_000:
             self.ack_latencies.append(dt)

@@ -245,10 +245,28 @@ class AgentError(Envelope):
 
 
 class SlaViolation(Envelope):
+    """An observation over its SPEC §7 limit (``value`` and ``limit`` in ms); ``breaches`` is how
+    many breaches since the previous event of this metric this one stands for (the worst value)."""
+
     event_type: Literal["metric.sla_violation"] = "metric.sla_violation"
     metric: str
     value: float
     limit: float
+    breaches: Annotated[int, Field(ge=1)] = 1
+    first_breach_ms: int | None = None
+
+
+class ControlAction(Envelope):
+    """An operator's control request (audit trail): ``who`` is the token holder (or ``anonymous``
+    for a refused request), ``why`` the reason given, ``outcome`` ``accepted`` or the refusal."""
+
+    event_type: Literal["control.action"] = "control.action"
+    action: Literal["halt", "resume", "close_all"]
+    account: str | None = None
+    who: str
+    why: str
+    client: str
+    outcome: str
 
 
 class BacktestReport(Envelope):
@@ -294,6 +312,7 @@ Event = Annotated[
         StateEvent,
         AgentError,
         SlaViolation,
+        ControlAction,
         BacktestReport,
         DeadLetter,
     ],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from app.main import TOPICS, app, dead_letter, emit, settings, valid_events
-from app.metrics import LATE_EVENTS, PROCESSING_SECONDS
+from app.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_TO_DECISION_SECONDS
 from domain import consensus as cs
 from models.events import ConsensusDecision, SignalError, SignalGenerated, derived_id
 from tables import consensus_windows
@@ -131,4 +131,6 @@ async def consensus(stream):
             continue
         for decision in on_signal(sig, event.message.partition):
             await emit(decision)
+            if decision.ingest_ms:
+                TICK_TO_DECISION_SECONDS.observe(max(0.0, time.time() - decision.ingest_ms / 1000.0))
         _latency.observe(time.perf_counter() - t0)

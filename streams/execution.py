@@ -26,6 +26,7 @@ import time
 
 from app.main import OUTPUTS, TOPICS, TOPIC_SPECS, app, emit, settings, valid_events
 from app.metrics import EXCHANGE_ERRORS, ORDERS, PROCESSING_SECONDS
+from app.sla import sla
 from domain.portfolio import new_portfolio, roll_day, target_order
 from domain.risk import check_order, evaluate, round_size
 from domain.sizing import equity_fraction
@@ -285,4 +286,7 @@ async def execution(stream):
             outs = await on_approval(account, req) if req.event_type == "trade.consensus_approved" else []
         for out in outs:
             await emit(out)
+            if out.event_type == "trade.placed" and event.message.timestamp:
+                # from the approving decision's (or force-close request's) produce time
+                sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
         _latency.observe(time.perf_counter() - t0)

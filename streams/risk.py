@@ -38,7 +38,8 @@ import math
 import time
 
 from app.main import TOPICS, app, emit, settings, valid_events
-from app.metrics import LATE_EVENTS, PROCESSING_SECONDS, RISK_EVAL_SECONDS
+from app.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, RISK_EVAL_SECONDS
+from app.sla import sla
 from domain.risk import CRITICAL_BUFFER_PCT, RiskReport, evaluate
 from models.events import (EventError, LiquidationEvent, OrderEvent, PriceTick, RiskEvent, decode_event,
                            derived_id, new_event_id)
@@ -106,7 +107,9 @@ def evaluate_account(account: str, exp: dict, tick: PriceTick) -> list:
     t0 = time.perf_counter()
     r = evaluate(exp["cash"], exp["positions"], {t: p for t, p in marks.items() if p}, settings.assets,
                  settings.max_leverage)
-    RISK_EVAL_SECONDS.observe(time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    RISK_EVAL_SECONDS.observe(dt)
+    sla.observe("risk_evaluation", dt * 1000.0)
     common = dict(timestamp=tick.timestamp, token=tick.token, source="risk", account=account,
                   correlation_id=tick.correlation_id or tick.event_id, ingest_ms=tick.ingest_ms)
     out: list = []
@@ -175,14 +178,18 @@ async def on_tick(tick: PriceTick) -> list:
 
 @app.agent(TOPICS["price.ticks"], name="risk")
 async def risk(stream):
+    received = AGENT_EVENTS.labels("risk", "in")
     async for event in stream.events():
         t0 = time.perf_counter()
+        received.inc()
         try:
             tick = decode_event(event.value, (PriceTick,))
         except EventError:
-            continue
+            continue  # the trading agent dead-letters it
         for out in await on_tick(tick):
             await emit(out)
+            if out.event_type == "risk.alert" and tick.ingest_ms:
+                sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
         _latency.observe(time.perf_counter() - t0)
 
 
@@ -230,19 +237,34 @@ async def cascade(stream):
 
 
 # ------------------------------------------------------------------ trading halt
+def halt_transition(current: dict, ev: dict) -> dict | None:
+    """The halt flag after one risk event (as JSON fields), or None when it does not change.
+
+    ``risk.alert`` of a halting type halts; ``risk.ok`` resumes, except that a manual halt (the
+    control endpoint's) is lifted only by a manual ``risk.ok``: an automatic all-clear from the
+    risk agent must not undo an operator's decision.
+    """
+    vt = ev.get("violation_type")
+    if ev.get("event_type") == "risk.alert" and vt in HALTING:
+        if current.get("halted") and (current.get("manual") or vt != "manual"):
+            return None
+        return {"halted": True, "manual": vt == "manual",
+                "reason": f"{vt}: {ev.get('action_required') or ''}".strip(),
+                "since_ms": ev.get("timestamp"), "event_id": str(ev.get("event_id")), "metrics": ev.get("metrics") or {}}
+    if ev.get("event_type") == "risk.ok" and current.get("halted"):
+        if current.get("manual") and vt != "manual":
+            return None
+        return {"halted": False, "manual": False, "reason": None, "since_ms": ev.get("timestamp"),
+                "event_id": str(ev.get("event_id"))}
+    return None
+
+
 def apply_halt(ev: RiskEvent) -> bool:
     """Update the halt flag from one risk event; returns whether it changed."""
-    current = halt.get(ev.account) or {}
-    if ev.event_type == "risk.alert" and ev.violation_type in HALTING:
-        if current.get("halted"):
-            return False
-        halt[ev.account] = {"halted": True, "reason": f"{ev.violation_type}: {ev.action_required or ''}".strip(),
-                            "since_ms": ev.timestamp, "event_id": str(ev.event_id), "metrics": ev.metrics}
-        return True
-    if ev.event_type == "risk.ok" and current.get("halted"):
-        halt[ev.account] = {"halted": False, "reason": None, "since_ms": ev.timestamp, "event_id": str(ev.event_id)}
-        return True
-    return False
+    changed = halt_transition(halt.get(ev.account) or {}, ev.model_dump(mode="json"))
+    if changed is not None:
+        halt[ev.account] = changed
+    return changed is not None
 
 
 def halted_accounts() -> list[str]:

@@ -19,7 +19,8 @@ import time
 
 
 from app.main import TOPICS, app, dead_letter, settings
-from app.metrics import SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
+from app.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
+from app.sla import sla
 from models.events import EventError, decode_event
 from store.eventstore import EventStore, Row
 
@@ -46,7 +47,10 @@ async def write_with_retry(rows: list[Row], topic: str) -> None:
         t0 = time.perf_counter()
         try:
             await store.write(rows)
-            SINK_BATCH_SECONDS.observe(time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            SINK_BATCH_SECONDS.observe(dt)
+            SINK_BATCH_ROWS.observe(len(rows))
+            sla.observe("event_store_insert", dt * 1000.0)
             SINK_ROWS.labels(topic).inc(len(rows))
             return
         except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any DB failure is retried

@@ -1,0 +1,278 @@
+"""Live dashboard: the page, its WebSocket push, and the recent-event views every replica answers.
+
+Each worker runs one :class:`Hub`: a plain aiokafka consumer (no consumer group, so it is not part
+of the app's partition assignment) assigned to *every* partition of ``state.changes``,
+``risk.alerts``, ``consensus``, ``signal.generated``, ``orders``, ``trade.executed`` and
+``price.ticks``. So every replica sees every account's deltas, whichever worker owns the account,
+and a browser may connect to any of them. At start the hub reads back the last
+DASHBOARD_HISTORY events of each partition (the recent lists and each account's last state) and
+then follows the topics' heads.
+
+Pushes (JSON text frames, one per event, ``{"type": ..., "event": {...}, "produced_ms": ...}``;
+``produced_ms`` is the Kafka record's produce time):
+
+- ``snapshot`` on connect: accounts' last state, recent signals, decisions, alerts, orders,
+  trades, halt flags and per-token price series;
+- ``state`` (``state.changed``/``state.snapshot``), ``signal``, ``decision``, ``alert``,
+  ``order``, ``trade`` deltas as they arrive;
+- ``prices``: once a second, the last price of each token that ticked (``[t_ms, price]``).
+
+The same bytes go to every client: one WebSocket frame is built per event and written to each
+client's transport without awaiting (RFC 6455 §5.2 framing; aiohttp's own writer would await a
+drain per client). A client whose unsent bytes exceed DASHBOARD_CLIENT_BUFFER_BYTES is
+disconnected (counted) rather than slowing everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import struct
+import time
+from pathlib import Path
+
+import orjson
+from aiohttp import WSMsgType, web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.main import app, settings
+from app.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
+from app.sla import sla
+from streams.risk import halt_transition
+
+log = logging.getLogger("moondev.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+#: SPEC topic -> (push type, recent list it feeds or None)
+WATCHED = {
+    "state.changes": "state",
+    "risk.alerts": "alert",
+    "consensus": "decision",
+    "signal.generated": "signal",
+    "orders": "order",
+    "trade.executed": "trade",
+    "price.ticks": "price",
+}
+LISTS = ("signal", "decision", "alert", "order", "trade")
+PRICE_POINTS = 900  # 15 min of 1-second points per token
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+def aiokafka_security() -> dict:
+    """aiokafka connection arguments for the configured SASL/SSL settings."""
+    import ssl
+    s = settings
+    proto = s.kafka_security_protocol.upper()
+    out: dict = {"security_protocol": proto}
+    if "SSL" in proto:
+        out["ssl_context"] = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
+    if proto.startswith("SASL"):
+        out.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                   sasl_plain_password=s.kafka_sasl_password)
+    return out
+
+
+def bootstrap_servers() -> list[str]:
+    return [u.split("://", 1)[-1] for u in settings.kafka_broker.replace(";", ",").split(",") if u]
+
+
+class Hub:
+    """Follows the watched topics and fans their events out to WebSocket clients."""
+
+    def __init__(self, history: int) -> None:
+        self.history = history
+        self.accounts: dict[str, dict] = {}
+        self.halt: dict[str, dict] = {}
+        self.recent: dict[str, collections.deque] = {k: collections.deque(maxlen=history) for k in LISTS}
+        self.prices: dict[str, collections.deque] = {}
+        self._price_dirty: set[str] = set()
+        self.clients: dict[web.WebSocketResponse, asyncio.BaseTransport] = {}
+        self.ready = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict:
+        recent = {k: sorted(v, key=lambda e: (e.get("timestamp", 0), str(e.get("event_id")))) for k, v in
+                  self.recent.items()}
+        return {"type": "snapshot", "ready": self.ready.is_set(), "accounts": self.accounts, "halt": self.halt,
+                "recent": recent, "prices": {t: list(p) for t, p in self.prices.items()},
+                "server_ms": int(time.time() * 1000)}
+
+    def apply(self, kind: str, event: dict) -> None:
+        """Fold one event into the hub's state."""
+        if kind == "state":
+            account = event.get("account")
+            if account:
+                prev = self.accounts.get(account)
+                if prev is None or event.get("timestamp", 0) >= prev.get("timestamp", 0):
+                    self.accounts[account] = event
+        elif kind == "price":
+            token, price, ts = event.get("token"), event.get("price"), event.get("timestamp")
+            if token and price and ts:
+                series = self.prices.setdefault(token, collections.deque(maxlen=PRICE_POINTS))
+                sec = ts // 1000 * 1000
+                if series and series[-1][0] == sec:
+                    series[-1] = [sec, price]
+                elif not series or sec > series[-1][0]:
+                    series.append([sec, price])
+                self._price_dirty.add(token)
+        else:
+            if kind == "alert":
+                self._apply_halt(event)
+            self.recent[kind].append(event)
+
+    def _apply_halt(self, event: dict) -> None:
+        # The same transition as the halt agent's, for display; the halt table stays the authority.
+        account = event.get("account")
+        if account:
+            changed = halt_transition(self.halt.get(account) or {}, event)
+            if changed is not None:
+                self.halt[account] = changed
+
+    # ------------------------------------------------------------------ fan-out
+    def broadcast(self, message: bytes, kind: str) -> int:
+        """Write one message to every client; returns how many got it."""
+        if not self.clients:
+            return 0
+        frame = ws_text_frame(message)
+        limit = settings.dashboard_client_buffer_bytes
+        sent = 0
+        for ws, transport in list(self.clients.items()):
+            if transport.is_closing():
+                self.clients.pop(ws, None)
+                continue
+            if transport.get_write_buffer_size() > limit:
+                DASHBOARD_DROPPED.inc()
+                log.warning("dashboard client %s too slow (%d bytes queued): disconnected",
+                            transport.get_extra_info("peername"), transport.get_write_buffer_size())
+                transport.abort()
+                self.clients.pop(ws, None)
+                continue
+            transport.write(frame)
+            sent += 1
+        DASHBOARD_CLIENTS.set(len(self.clients))
+        DASHBOARD_MESSAGES.labels(kind).inc()
+        return sent
+
+    def _flush_prices(self) -> None:
+        if not self._price_dirty:
+            return
+        points = {t: self.prices[t][-1] for t in self._price_dirty if self.prices.get(t)}
+        self._price_dirty.clear()
+        self.broadcast(orjson.dumps({"type": "prices", "points": points}), "prices")
+
+    # ------------------------------------------------------------------ consuming
+    async def _assign(self) -> dict[TopicPartition, str]:
+        consumer = self.consumer
+        kinds: dict[TopicPartition, str] = {}
+        for name, kind in WATCHED.items():
+            topic = settings.topic(name)
+            for _ in range(100):
+                parts = consumer.partitions_for_topic(topic)
+                if parts:
+                    break
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - topic just declared
+                if consumer.partitions_for_topic(topic):
+                    break
+                await asyncio.sleep(0.2)
+            for p in consumer.partitions_for_topic(topic) or ():
+                kinds[TopicPartition(topic, p)] = kind
+        consumer.assign(list(kinds))
+        return kinds
+
+    async def run(self) -> None:
+        self.consumer = consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(), group_id=None, enable_auto_commit=False,
+            auto_offset_reset="latest", fetch_max_wait_ms=5, max_partition_fetch_bytes=4 * 1024 * 1024,
+            client_id=f"{settings.app_id}-dashboard", **aiokafka_security())
+        await consumer.start()
+        try:
+            kinds = await self._assign()
+            tps = list(kinds)
+            begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            for tp in tps:
+                back = self.history * (3 if kinds[tp] == "price" else 1)
+                consumer.seek(tp, max(begin[tp], end[tp] - back))
+            pending = {tp for tp in tps if end[tp] > begin[tp]}
+            if not pending:
+                self.ready.set()
+            last_flush = time.monotonic()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                live = self.ready.is_set()
+                for tp, records in batches.items():
+                    kind = kinds[tp]
+                    for record in records:
+                        try:
+                            event = orjson.loads(record.value)
+                        except orjson.JSONDecodeError:
+                            continue  # the agents dead-letter it; nothing to show
+                        if not isinstance(event, dict):
+                            continue
+                        self.apply(kind, event)
+                        if live and kind != "price":
+                            self.broadcast(orjson.dumps({"type": kind, "event": event,
+                                                         "produced_ms": record.timestamp}), kind)
+                            if kind == "state":
+                                delay = max(0.0, time.time() - record.timestamp / 1000.0)
+                                DASHBOARD_DELIVERY_SECONDS.observe(delay)
+                                sla.observe("state_to_dashboard", delay * 1000.0)
+                    if not live and tp in pending and records and records[-1].offset + 1 >= end[tp]:
+                        pending.discard(tp)
+                if not live and not pending:
+                    self.ready.set()
+                    log.info("dashboard hub caught up: %d accounts, %s", len(self.accounts),
+                             {k: len(v) for k, v in self.recent.items()})
+                if self.ready.is_set() and time.monotonic() - last_flush >= 1.0:
+                    last_flush = time.monotonic()
+                    self._flush_prices()
+        finally:
+            await consumer.stop()
+
+    async def serve(self, request: web.Request) -> web.WebSocketResponse:
+        """The WebSocket endpoint: a snapshot, then every delta."""
+        ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=65536)
+        if len(self.clients) >= settings.dashboard_max_clients:
+            return web.json_response({"error": "too many dashboard clients"}, status=503)
+        await ws.prepare(request)
+        await ws.send_str(orjson.dumps(self.snapshot()).decode())
+        self.clients[ws] = request.transport
+        DASHBOARD_CLIENTS.set(len(self.clients))
+        try:
+            async for msg in ws:  # clients send nothing but pings; read to see them close
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            self.clients.pop(ws, None)
+            DASHBOARD_CLIENTS.set(len(self.clients))
+        return ws
+
+
+hub = Hub(settings.dashboard_history)
+
+
+@app.task
+async def _run_hub() -> None:
+    # A lost broker connection or any error restarts the hub (the page shows it reconnecting).
+    while True:
+        try:
+            await hub.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("dashboard hub failed; restarting in 2 s")
+            hub.ready.clear()
+            await asyncio.sleep(2)

@@ -1,0 +1,164 @@
+// Live dashboard: one WebSocket (/dashboard/ws/) gives a snapshot, then deltas (see app/dashboard.py).
+// Positions are re-marked on every price push, so value, leverage and liquidation distances move
+// with the market between fills.
+(() => {
+  "use strict";
+  const params = new URLSearchParams(location.search);
+  const authToken = params.get("token");  // only needed with READ_AUTH
+  const MAX_ROWS = 50;
+  const state = { accounts: {}, halt: {}, prices: {}, account: params.get("account"), token: null,
+                  fills: {} };
+  const $ = (id) => document.getElementById(id);
+  const usd = (v) => v == null ? "–" : v.toLocaleString("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 2 });
+  const num = (v, d = 4) => v == null ? "–" : Number(v).toLocaleString("en-US", { maximumFractionDigits: d });
+  const time = (ms) => new Date(ms).toISOString().slice(11, 19);
+  const signed = (v) => `<span class="${v >= 0 ? "up" : "down"}">${usd(v)}</span>`;
+
+  let chart = null;
+  function drawChart() {
+    const series = state.prices[state.token] || [];
+    const data = [series.map((p) => p[0] / 1000), series.map((p) => p[1])];
+    const el = $("chart");
+    if (!chart) {
+      chart = new uPlot({ width: el.clientWidth || 600, height: 260, legend: { show: false },
+        scales: { x: { time: true } },
+        axes: [{ stroke: "#8a96a3", grid: { stroke: "#252d36" } }, { stroke: "#8a96a3", grid: { stroke: "#252d36" }, size: 70 }],
+        series: [{}, { label: "price", stroke: "#3498db", width: 1.5 }] }, data, el);
+    } else {
+      chart.setData(data);
+    }
+    const last = series[series.length - 1];
+    $("last").textContent = last ? `${num(last[1], 2)} at ${time(last[0])} UTC` : "";
+  }
+
+  function markOf(token, fallback) {
+    const s = state.prices[token];
+    return s && s.length ? s[s.length - 1][1] : fallback;
+  }
+
+  function renderAccount() {
+    const names = Object.keys(state.accounts).sort();
+    const sel = $("account");
+    if (!state.account || !state.accounts[state.account]) state.account = names[0] || state.account;
+    if (sel.options.length !== names.length) {
+      sel.innerHTML = names.map((a) => `<option ${a === state.account ? "selected" : ""}>${a}</option>`).join("");
+    }
+    const h = state.halt[state.account];
+    $("halt").className = "badge " + (h && h.halted ? "halted" : "ok");
+    $("halt").textContent = h && h.halted ? `HALTED: ${h.reason || ""}` : "trading";
+    const s = state.accounts[state.account];
+    if (!s) return;
+    let equity = s.cash, gross = 0, upnl = 0;
+    const rows = [];
+    for (const [token, p] of Object.entries(s.positions || {}).sort()) {
+      const mark = markOf(token, p.mark_price);
+      equity += p.size * mark;
+      gross += Math.abs(p.size * mark);
+      const u = p.size * (mark - p.entry_price);
+      upnl += u;
+      const dist = p.liquidation_price ? Math.abs(mark - p.liquidation_price) / mark * 100 : null;
+      rows.push(`<tr><td>${token}</td><td class="${p.size > 0 ? "up" : "down"}">${num(p.size, 6)}</td>` +
+        `<td>${num(p.entry_price, 2)}</td><td>${num(mark, 2)}</td><td>${signed(u)}</td>` +
+        `<td>${num(p.liquidation_price, 2)}</td><td class="${dist != null && dist < 10 ? "CRITICAL" : ""}">` +
+        `${dist == null ? "–" : dist.toFixed(2) + " %"}</td></tr>`);
+    }
+    $("positions").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">no open positions</td></tr>`;
+    $("equity").textContent = usd(equity);
+    $("cash").textContent = usd(s.cash);
+    $("leverage").textContent = equity > 0 ? (gross / equity).toFixed(2) + "×" : "–";
+    $("upnl").innerHTML = signed(upnl);
+    $("daily").innerHTML = signed(s.daily_pnl || 0);
+    $("fills").textContent = (s.delta && s.delta.seq) || state.fills[state.account] || 0;
+  }
+
+  const rowOf = {
+    trade: (e) => e.event_type === "position.closed"
+      ? `<td>${time(e.timestamp)}</td><td>${e.token}</td><td>closed</td><td>${num(e.size, 6)}</td><td>${signed(e.pnl_usd)}</td>`
+      : `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.side}">${e.side}</td><td>${num(e.filled_amount, 6)}</td><td>@ ${num(e.fill_price, 2)}</td>`,
+    decision: (e) => `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.recommended_action}">${e.event_type === "trade.consensus_approved" ? "approved " + e.recommended_action : "failed"}</td><td>${num(e.consensus_score, 1)}</td><td>${(e.contributing_agents || []).join(", ")}</td>`,
+    signal: (e) => `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.action || ""}">${e.action || e.event_type}</td><td>${e.score != null ? num(e.score, 1) : ""}</td><td>${e.agent || ""}</td>`,
+    alert: (e) => `<td>${time(e.timestamp)}</td><td>${e.account}</td><td class="${e.severity}">${e.event_type}</td><td>${e.violation_type || ""}</td><td>${e.token || ""}</td>`,
+  };
+
+  function addRows(kind, events, flash) {
+    const tbl = $(kind === "trade" ? "trades" : kind + "s");
+    if (!tbl || !rowOf[kind]) return;
+    const body = tbl.tBodies[0];
+    for (const e of events) {
+      const tr = document.createElement("tr");
+      tr.innerHTML = rowOf[kind](e);
+      tr.dataset.eventType = e.event_type;
+      if (flash) tr.className = "new";
+      body.insertBefore(tr, body.firstChild);
+    }
+    while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
+  }
+
+  function renderTokens() {
+    const tokens = Object.keys(state.prices).sort();
+    if (!state.token || !state.prices[state.token]) state.token = params.get("chart") || tokens[0] || null;
+    const sel = $("token");
+    if (sel.options.length !== tokens.length) {
+      sel.innerHTML = tokens.map((t) => `<option ${t === state.token ? "selected" : ""}>${t}</option>`).join("");
+    }
+  }
+
+  function onMessage(msg) {
+    switch (msg.type) {
+      case "snapshot":
+        state.accounts = msg.accounts || {};
+        state.halt = msg.halt || {};
+        state.prices = msg.prices || {};
+        for (const kind of Object.keys(rowOf)) {
+          const t = $(kind === "trade" ? "trades" : kind + "s");
+          if (t) t.tBodies[0].innerHTML = "";
+          addRows(kind, (msg.recent || {})[kind] || [], false);
+        }
+        renderTokens(); renderAccount(); drawChart();
+        break;
+      case "state":
+        state.accounts[msg.event.account] = msg.event;
+        renderAccount();
+        break;
+      case "alert":
+        addRows("alert", [msg.event], true);
+        if (msg.event.violation_type === "manual" || msg.event.violation_type === "max_leverage" || msg.event.event_type === "risk.ok") {
+          const e = msg.event, h = state.halt[e.account] || {};
+          if (e.event_type === "risk.alert") state.halt[e.account] = { halted: true, manual: e.violation_type === "manual", reason: e.action_required };
+          else if (!h.manual || e.violation_type === "manual") state.halt[e.account] = { halted: false };
+          renderAccount();
+        }
+        break;
+      case "prices":
+        for (const [t, p] of Object.entries(msg.points)) {
+          const s = state.prices[t] || (state.prices[t] = []);
+          if (s.length && s[s.length - 1][0] === p[0]) s[s.length - 1] = p; else s.push(p);
+          if (s.length > 900) s.shift();
+        }
+        renderTokens(); renderAccount(); drawChart();
+        break;
+      case "trade": case "decision": case "signal":
+        addRows(msg.type, [msg.event], true);
+        break;
+    }
+  }
+
+  $("account").onchange = (ev) => { state.account = ev.target.value; renderAccount(); };
+  $("token").onchange = (ev) => { state.token = ev.target.value; drawChart(); };
+  window.addEventListener("resize", () => chart && chart.setSize({ width: $("chart").clientWidth, height: 260 }));
+
+  let backoff = 500;
+  function connect() {
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/dashboard/ws/` +
+      (authToken ? `?token=${encodeURIComponent(authToken)}` : "");
+    const ws = new WebSocket(url);
+    ws.onopen = () => { backoff = 500; $("conn").className = "badge ok"; $("conn").textContent = "live"; };
+    ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+    ws.onclose = () => {
+      $("conn").className = "badge off"; $("conn").textContent = "reconnecting…";
+      setTimeout(connect, backoff); backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+  connect();
+  window.dashboardState = state;  // for tests and the curious
+})();
