@@ -1,8 +1,10 @@
 """Web views on the Faust web port (WEB_PORT, 6066 by default).
 
-- ``GET /health/``: broker reachable, database reachable, tables recovered; 200 when all are, else 503.
+- ``GET /health/``: broker reachable, database reachable, tables recovered, dashboard hub caught
+  up; 200 when all are, else 503.
 - ``GET /health/live/`` (liveness: the event loop answers) and ``GET /health/ready/`` (readiness:
-  broker reachable, tables recovered, no rebalance in progress; 503 otherwise), for Kubernetes
+  broker reachable, tables recovered, no rebalance in progress, dashboard hub caught up; 503
+  otherwise), for Kubernetes
   probes. The health views never require a token.
 - ``GET /portfolio/`` and ``/portfolio/{account}/``: cash, equity, positions (size, entry and mark
   price, unrealised PnL), leverage, realised PnL and fees (USD). Routed to the worker that owns
@@ -91,7 +93,8 @@ def _tables_ready() -> bool:
 class Health(View):
     async def get(self, request: Request) -> Response:
         broker, database = await asyncio.gather(_broker_ok(), _database_ok())
-        checks = {"broker": broker, "database": database, "tables_ready": _tables_ready()}
+        checks = {"broker": broker, "database": database, "tables_ready": _tables_ready(),
+                  "dashboard_ready": hub.ready.is_set()}
         ok = all(checks.values())
         return self.json({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
 
@@ -222,7 +225,7 @@ class Live(View):
 @app.page("/health/ready/")
 class Ready(View):
     async def get(self, request: Request) -> Response:
-        checks = {"broker": await _broker_ok(), "tables_ready": _tables_ready()}
+        checks = {"broker": await _broker_ok(), "tables_ready": _tables_ready(), "dashboard_ready": hub.ready.is_set()}
         ok = all(checks.values())
         return self.json({"status": "ready" if ok else "not_ready", **checks}, status=200 if ok else 503)
 
