@@ -24,6 +24,7 @@
   events (DASHBOARD_HISTORY, oldest first) across every partition, from the dashboard hub, so every
   replica gives the same answer; ``?token=`` filters by token.
 - ``GET /halt/``: the trading-halt flag per account (a global table: every worker has it).
+- ``GET /prices/``: the last price per token that positions are marked with (a global table).
 - ``GET /dashboard/``: the live dashboard page; ``/dashboard/ws/`` its WebSocket
   (:mod:`app.dashboard`); ``/static/...`` its vendored assets.
 - ``POST /control/halt/``, ``/control/resume/``, ``/control/close-all/`` with a JSON body
@@ -61,7 +62,7 @@ from streams.portfolio import portfolio_view
 from streams.sink import store
 from domain import sentiment as sm
 from feeds.files import parse_time_ms
-from tables import correlations, halt, indicators, portfolio, sentiment_windows
+from tables import correlations, halt, indicators, latest_prices, portfolio, sentiment_windows
 
 log = logging.getLogger("moondev.web")
 
@@ -275,6 +276,14 @@ class Halt(View):
     async def get(self, request: Request) -> Response:
         flags = {(k.decode() if isinstance(k, bytes) else k): v for k, v in halt.items()}
         return self.json({"halted": sorted(a for a, v in flags.items() if v and v.get("halted")), "accounts": flags})
+
+
+@app.page("/prices/")
+class Prices(View):
+    @read_auth
+    async def get(self, request: Request) -> Response:
+        # a global table: the last price every worker marks positions with
+        return self.json({(k.decode() if isinstance(k, bytes) else k): v for k, v in latest_prices.items()})
 
 
 # ------------------------------------------------------------------ dashboard

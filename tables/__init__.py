@@ -25,6 +25,12 @@ from app.main import app
 # str keys, serialized raw by the app's table classes (app.main.RawKeyTable): they hash like the
 # topic keys, so table routing matches the topics. Values JSON.
 _json = dict(key_type=str)
+# Every worker gets all of a global table's changelog partitions as actives (faust-streaming's
+# assignor), so another worker's writes reach it through the recovery path, which applies events
+# in batches of recovery_buffer_size (default 1,000): with two replicas a worker saw the other's
+# prices, halt flags and exposures only every 1,000 writes. Global tables are small (compacted,
+# one key per token or account) and read live by every worker: apply each event as it arrives.
+_global = dict(key_type=str, recovery_buffer_size=1)
 
 bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
@@ -33,7 +39,7 @@ portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", *
 execution_state = app.Table("execution_state", partitions=5, help="execution engine state per account", **_json)
 sentiment_windows = app.Table("sentiment_windows", partitions=3, help="sentiment buckets per token", **_json)
 correlation_windows = app.Table("correlation_windows", partitions=3, help="correlation window per token", **_json)
-correlations = app.GlobalTable("correlations", partitions=3, help="latest sentiment-price correlation", **_json)
-latest_prices = app.GlobalTable("latest_prices", partitions=10, help="last price per token", **_json)
-exposures = app.GlobalTable("exposures", partitions=5, help="positions per account, for risk", **_json)
-halt = app.GlobalTable("halt", partitions=3, help="trading-halt flag per account", **_json)
+correlations = app.GlobalTable("correlations", partitions=3, help="latest sentiment-price correlation", **_global)
+latest_prices = app.GlobalTable("latest_prices", partitions=10, help="last price per token", **_global)
+exposures = app.GlobalTable("exposures", partitions=5, help="positions per account, for risk", **_global)
+halt = app.GlobalTable("halt", partitions=3, help="trading-halt flag per account", **_global)

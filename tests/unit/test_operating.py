@@ -1,0 +1,112 @@
+"""Pure parts of operating the app: token check, rate limit, log redaction, SLA monitor, the halt
+transition, and the dashboard's WebSocket framing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiohttp import WSMsgType
+from aiohttp._websocket.reader import WebSocketReader  # aiohttp's own parser checks our frames
+
+from app.control import RateLimiter
+from app.redact import MASK, install_redaction, redact
+from app.sla import SlaMonitor
+from streams.risk import halt_transition
+
+
+def test_rate_limiter_allows_a_burst_then_refills_per_client():
+    rl = RateLimiter(6)  # 6 a minute: one every 10 s
+    assert all(rl.allow("a", now=0.0)[0] for _ in range(6))
+    ok, retry = rl.allow("a", now=0.0)
+    assert not ok and retry == pytest.approx(10.0)
+    assert rl.allow("b", now=0.0)[0], "buckets are per client"
+    assert not rl.allow("a", now=9.9)[0]
+    assert rl.allow("a", now=20.0)[0]
+
+
+def test_redaction_removes_secrets_bearer_tokens_and_query_tokens():
+    secrets = ["s3cret-token-xyz", "sk-ant-api03-abcdef"]
+    line = ("POST /control/halt/ Authorization: Bearer s3cret-token-xyz key=sk-ant-api03-abcdef "
+            "GET /dashboard/ws/?token=other-value&x=1 password=hunter22 token=BTC")
+    out = redact(line, secrets)
+    for s in secrets + ["other-value", "hunter22"]:
+        assert s not in out
+    assert out.count(MASK) >= 4 and "token=BTC" in out and "x=1" in out
+
+
+def test_redaction_applies_to_every_log_record(caplog):
+    install_redaction(["very-secret-value"])
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("somewhere.else").info("connecting with %s", "very-secret-value")
+        try:
+            raise RuntimeError("failed with very-secret-value")
+        except RuntimeError:
+            logging.getLogger("x").exception("boom")
+    text = caplog.text
+    assert "very-secret-value" not in text and MASK in text
+
+
+def test_sla_monitor_counts_every_breach_and_emits_at_most_one_event_per_interval():
+    m = SlaMonitor({"risk_evaluation": 5.0}, interval_s=10.0)
+    assert not m.observe("risk_evaluation", 4.9)
+    assert not m.observe("unknown_metric", 1e9)
+    assert m.observe("risk_evaluation", 7.0) and m.observe("risk_evaluation", 12.0)
+    due = m.due(now_s=100.0)
+    assert [(d[0], d[1], d[2], d[3]) for d in due] == [("risk_evaluation", 2, 12.0, 5.0)]
+    m.observe("risk_evaluation", 6.0)
+    assert m.due(now_s=105.0) == [], "within the interval: held back"
+    assert [(d[1], d[2]) for d in m.due(now_s=110.5)] == [(1, 6.0)]
+    assert m.due(now_s=200.0) == []
+
+
+def _ev(event_type, violation_type=None):
+    return {"event_type": event_type, "violation_type": violation_type, "timestamp": 1, "event_id": "e",
+            "action_required": "x"}
+
+
+def test_manual_halt_is_lifted_only_by_a_manual_resume():
+    h = halt_transition({}, _ev("risk.alert", "manual"))
+    assert h["halted"] and h["manual"]
+    assert halt_transition(h, _ev("risk.ok")) is None, "an automatic all-clear keeps the operator's halt"
+    assert halt_transition(h, _ev("risk.alert", "max_leverage")) is None
+    resumed = halt_transition(h, _ev("risk.ok", "manual"))
+    assert resumed["halted"] is False
+
+
+def test_automatic_halt_resumes_on_risk_ok_and_can_become_manual():
+    h = halt_transition({}, _ev("risk.alert", "max_leverage"))
+    assert h["halted"] and not h["manual"]
+    assert halt_transition(h, _ev("risk.alert", "price_move")) is None
+    assert halt_transition(h, _ev("risk.ok"))["halted"] is False
+    assert halt_transition(h, _ev("risk.alert", "manual"))["manual"] is True
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_dashboard_frames_parse_as_websocket_text_frames(size):
+    import asyncio
+
+    from app.dashboard import ws_text_frame
+
+    payload = ("x" * size).encode()
+    frame = ws_text_frame(payload)
+
+    async def parse():
+        loop = asyncio.get_running_loop()
+        from aiohttp.base_protocol import BaseProtocol
+        from aiohttp._websocket.reader import WebSocketDataQueue
+        queue = WebSocketDataQueue(BaseProtocol(loop), 2 ** 20, loop=loop)
+        reader = WebSocketReader(queue, 0, False, True)
+        reader.feed_data(frame)
+        return await queue.read()
+
+    msg = asyncio.run(parse())
+    assert msg.type == WSMsgType.TEXT and msg.data == payload.decode()
+
+
+def test_global_tables_apply_each_changelog_event_as_it_arrives():
+    # Every worker holds all of a global table's partitions as actives; the recovery path that
+    # feeds them batches recovery_buffer_size events, so it must be 1 for live updates.
+    from tables import correlations, exposures, halt, latest_prices
+    for table in (correlations, exposures, halt, latest_prices):
+        assert table.is_global and table.recovery_buffer_size == 1 and table.standby_buffer_size == 1
