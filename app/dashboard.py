@@ -15,7 +15,8 @@ Pushes (JSON text frames, one per event, ``{"type": ..., "event": {...}, "produc
   trades, halt flags and per-token price series;
 - ``state`` (``state.changed``/``state.snapshot``), ``signal``, ``decision``, ``alert``,
   ``order``, ``trade`` deltas as they arrive;
-- ``prices``: once a second, the last price of each token that ticked (``[t_ms, price]``).
+- ``prices``: once a second, for each token that ticked, its 1-second points (``[[t_ms, price],
+  ...]``, last price of each event-time second) changed since the previous push.
 
 The same bytes go to every client: one WebSocket frame is built per event and written to each
 client's transport without awaiting (RFC 6455 §5.2 framing; aiohttp's own writer would await a
@@ -98,7 +99,7 @@ class Hub:
         self.halt: dict[str, dict] = {}
         self.recent: dict[str, collections.deque] = {k: collections.deque(maxlen=history) for k in LISTS}
         self.prices: dict[str, collections.deque] = {}
-        self._price_dirty: set[str] = set()
+        self._price_dirty: dict[str, int] = {}  # token -> first second changed since the last push
         self.clients: dict[web.WebSocketResponse, asyncio.BaseTransport] = {}
         self.ready = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -128,7 +129,7 @@ class Hub:
                     series[-1] = [sec, price]
                 elif not series or sec > series[-1][0]:
                     series.append([sec, price])
-                self._price_dirty.add(token)
+                self._price_dirty.setdefault(token, sec)
         else:
             if kind == "alert":
                 self._apply_halt(event)
@@ -170,7 +171,9 @@ class Hub:
     def _flush_prices(self) -> None:
         if not self._price_dirty:
             return
-        points = {t: self.prices[t][-1] for t in self._price_dirty if self.prices.get(t)}
+        # every second that changed (a replay runs many event-time seconds per wall second)
+        points = {t: [p for p in self.prices[t] if p[0] >= since] for t, since in self._price_dirty.items()
+                  if self.prices.get(t)}
         self._price_dirty.clear()
         self.broadcast(orjson.dumps({"type": "prices", "points": points}), "prices")
 

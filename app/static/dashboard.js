@@ -130,10 +130,13 @@
         }
         break;
       case "prices":
-        for (const [t, p] of Object.entries(msg.points)) {
+        for (const [t, points] of Object.entries(msg.points)) {
           const s = state.prices[t] || (state.prices[t] = []);
-          if (s.length && s[s.length - 1][0] === p[0]) s[s.length - 1] = p; else s.push(p);
-          if (s.length > 900) s.shift();
+          for (const p of points) {
+            if (s.length && s[s.length - 1][0] === p[0]) s[s.length - 1] = p;
+            else if (!s.length || p[0] > s[s.length - 1][0]) s.push(p);
+          }
+          if (s.length > 900) s.splice(0, s.length - 900);
         }
         renderTokens(); renderAccount(); drawChart();
         break;

@@ -1,0 +1,221 @@
+"""Operating a worker on the real broker and database: the live dashboard in headless Chromium,
+the control endpoints (tokens, audit, rate limit, redaction), read auth, metrics and SLA
+violations."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.local import ROOT, SAMPLE, Stack
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB, OPERATOR = "alice-token-7f3a9c2e1b", "bob-token-44d0e8a1c5", "operator-token-91bc33de07"
+WRONG = "wrong-token-0c1d2e3f4a"
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / ".local" / "test-artifacts"
+
+
+def post(worker, path: str, body: dict | None, token: str | None = None) -> tuple[int, dict, dict]:
+    data = json.dumps(body).encode() if body is not None else b""
+    req = urllib.request.Request(worker.url + path, data=data, method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def status_of(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def settled_fills(worker) -> int | None:
+    """The portfolio's fill count once it stays the same for 2 s."""
+    before = worker.get("/portfolio/")["fills"]
+    time.sleep(2)
+    return before if worker.get("/portfolio/")["fills"] == before else None
+
+
+def events(worker, types: str) -> list[dict]:
+    return worker.get(f"/events/?start=0&end=9999999999999&type={types}&limit=1000")["events"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, database_url):
+    stack = Stack(tmp_path_factory.mktemp("operating"), database_url=database_url, BAR_SECONDS="1",
+                  CONSENSUS_MIN_AGENTS="1", CONTROL_TOKEN=OPERATOR,
+                  CONTROL_TOKENS=json.dumps({"alice": ALICE, "bob": BOB}), CONTROL_RATE_PER_MINUTE="5",
+                  # a limit no evaluation meets, to see breaches counted and emitted
+                  SLA_LIMITS_MS=json.dumps({"risk_evaluation": 0.0001}), SLA_EVENT_INTERVAL_SECONDS="1")
+    worker = stack.worker("w1").start()
+    try:
+        yield stack, worker
+    finally:
+        stack.stop()
+
+
+def test_a_dashboard_in_headless_chromium_shows_a_trade_appear(run):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: 'make test' installs Debian's chromium (scripts/system-deps.sh)")
+    from playwright.sync_api import sync_playwright
+
+    stack, worker = run
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(worker.url + "/dashboard/")
+            page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30_000)
+            assert page.locator("#trades tbody tr").count() == 0, "no trade before the feed"
+
+            feeder = threading.Thread(target=stack.feed, args=(SAMPLE, "max"), daemon=True)
+            feeder.start()
+            page.wait_for_selector("#trades tbody tr", timeout=120_000)  # pushed, not reloaded
+            feeder.join(300)
+            wait_until(lambda: worker.metrics().get("moondev_ticks_consumed_total", 0) >= 35_389, 300,
+                       "every tick processed")
+            fills = wait_until(lambda: settled_fills(worker), 120, "the portfolio settled")
+            # the page converges on the worker's state by pushes alone
+            page.wait_for_function(f"document.getElementById('fills').textContent === '{fills}'", timeout=60_000)
+            page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length > 0", timeout=30_000)
+            page.wait_for_function("document.querySelector('#chart canvas') !== null", timeout=30_000)
+            page.wait_for_timeout(1500)  # the next 1 s price push
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+
+            equity = page.locator("#equity").inner_text()
+            trades = page.locator("#trades tbody tr").count()
+            signals = page.locator("#signals tbody tr").count()
+            positions = page.locator("#positions tbody tr").all_inner_texts()
+            tokens = page.locator("#token option").all_inner_texts()
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert equity.startswith("$") and trades >= 1 and signals >= 1
+    assert positions and set(tokens) >= {"BTC", "ETH"}
+    assert shot.stat().st_size > 50_000, "a populated page, not a blank one"
+    assert fills >= 1 and trades >= min(fills, 50)
+
+
+def test_b_control_refuses_missing_or_wrong_token_with_401_and_logs_no_secret(run):
+    stack, worker = run
+    code, headers, body = post(worker, "/control/halt/", {"reason": "no token"})
+    assert code == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")
+    assert post(worker, "/control/close-all/", {"reason": "wrong token"}, WRONG)[0] == 401
+    assert post(worker, "/control/resume/", {"reason": "not a bearer"}, None)[0] == 401
+    req = urllib.request.Request(worker.url + "/control/halt/", data=b"{}", method="POST",
+                                 headers={"Authorization": f"Basic {ALICE}"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 401
+    assert worker.get("/halt/")["halted"] == []
+    time.sleep(1)
+    log = worker.log_path.read_text(errors="replace")
+    assert "control halt for paper by anonymous" in log
+    for secret in (ALICE, BOB, OPERATOR, WRONG):
+        assert secret not in log
+
+
+def test_c_halt_resume_and_close_all_are_audited_with_who_and_why(run):
+    stack, worker = run
+    assert worker.get("/positions/")["positions"], "the feed left open positions"
+    code, _, body = post(worker, "/control/halt/", {"reason": "maintenance window"}, ALICE)
+    assert code == 202 and body["who"] == "alice"
+    halted = wait_until(lambda: worker.get("/halt/")["accounts"].get("paper", {}).get("halted"), 30, "halt flag")
+    assert halted
+    assert "alice" in worker.get("/halt/")["accounts"]["paper"]["reason"]
+
+    assert post(worker, "/control/close-all/", {"reason": "flatten before maintenance"}, ALICE)[0] == 202
+    wait_until(lambda: worker.get("/positions/")["positions"] == [], 60, "every position closed (reduce-only)")
+
+    assert post(worker, "/control/resume/", {"reason": "maintenance over"}, OPERATOR)[0] == 202
+    wait_until(lambda: worker.get("/halt/")["halted"] == [], 30, "trading resumed")
+
+    audits = wait_until(lambda: [e for e in events(worker, "control.action") if e["data"]["outcome"] == "accepted"]
+                        if len(events(worker, "control.action")) >= 6 else None, 60, "audit events stored")
+    trail = [(e["data"]["action"], e["data"]["who"], e["data"]["why"]) for e in audits]
+    assert trail == [("halt", "alice", "maintenance window"), ("close_all", "alice", "flatten before maintenance"),
+                     ("resume", "operator", "maintenance over")]
+    refused = [e["data"] for e in events(worker, "control.action") if e["data"]["outcome"] == "unauthorized"]
+    assert len(refused) >= 3 and all(r["who"] == "anonymous" and r["client"] == "127.0.0.1" for r in refused)
+    halts = [e for e in events(worker, "risk.alert") if e["data"].get("violation_type") == "manual"]
+    assert halts and str(halts[0]["data"]["correlation_id"]) == str(audits[0]["event_id"])
+
+
+def test_d_control_rate_limit_per_client(run):
+    stack, worker = run
+    codes = [post(worker, "/control/halt/", {}, BOB)[0] for _ in range(5)]  # no reason: 400, still counted
+    assert codes == [400] * 5
+    code, headers, body = post(worker, "/control/halt/", {"reason": "sixth"}, BOB)
+    assert code == 429 and int(headers["Retry-After"]) >= 1
+    assert post(worker, "/control/halt/", {}, ALICE)[0] == 400, "another client has its own bucket"
+
+
+def test_e_metrics_faust_sensors_domain_metrics_and_sla_violations(run):
+    stack, worker = run
+    m = worker.metrics()
+    for name in ("faust_messages_received_total", "faust_total_sent_messages_total", "faust_assignment_operations_total"):
+        assert any(k.startswith(name) for k in m), name
+    assert m['moondev_agent_events_total{agent="risk",direction="in"}'] >= 35_000
+    assert m['moondev_agent_events_total{agent="portfolio",direction="out"}'] >= 1
+    assert m['moondev_processing_seconds_count{agent="trading"}'] > 0
+    assert m["moondev_tick_to_decision_seconds_count"] > 0
+    assert m["moondev_sink_batch_rows_count"] > 0
+    assert any(k.startswith("moondev_consumer_lag{") for k in m)
+    assert m['moondev_control_requests_total{action="halt",outcome="unauthorized"}'] >= 1
+    assert m['moondev_control_requests_total{action="halt",outcome="rate_limited"}'] >= 1
+    breaches = m['moondev_sla_violations_total{metric="risk_evaluation"}']
+    assert breaches > 0
+    emitted = wait_until(lambda: [e["data"] for e in events(worker, "metric.sla_violation")
+                                  if e["data"]["metric"] == "risk_evaluation"], 30, "metric.sla_violation stored")
+    assert all(v["limit"] == 0.0001 and v["value"] > v["limit"] for v in emitted)
+    assert sum(v["breaches"] for v in emitted) <= breaches
+    assert len(emitted) < breaches, "breaches are summarised, not one event each"
+
+
+def test_f_read_auth_guards_views_but_not_probes(tmp_path, database_url):
+    stack = Stack(tmp_path, database_url=database_url, READ_AUTH="true", CONTROL_TOKEN=OPERATOR)
+    worker = stack.worker("ra").start()
+    try:
+        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/", "/dashboard/ws/"):
+            assert status_of(worker.url + path) == 401, path
+            assert status_of(worker.url + path, WRONG) == 401, path
+        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/"):
+            assert status_of(worker.url + path, OPERATOR) == 200, path
+        for path in ("/health/", "/health/live/", "/health/ready/", "/dashboard/", "/static/dashboard.js"):
+            assert status_of(worker.url + path) == 200, path
+        assert status_of(worker.url + "/static/../settings.py") == 404
+    finally:
+        stack.stop()
+
