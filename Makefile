@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 WORKER_PID := $(LOCAL)/worker.pid
 WORKER_LOG := $(LOCAL)/logs/worker.log
 
-.PHONY: help install up down run worker stop feed test unit bench status clean
+.PHONY: help install system-deps up down run worker stop feed test unit bench status clean
 
 help:
 	@echo "make run      install, start Kafka + PostgreSQL, start a worker, feed the real sample (SPEED=$(SPEED))"
@@ -67,6 +67,7 @@ run: worker feed
 	@sleep 2
 	@echo
 	@echo "Real Binance USD-M trades (BTC, ETH, 2024-08-08) went through the agents. Look at:"
+	@echo "  dashboard   http://127.0.0.1:$(WEB_PORT)/dashboard/"
 	@echo "  portfolio   http://127.0.0.1:$(WEB_PORT)/portfolio/"
 	@echo "  health      http://127.0.0.1:$(WEB_PORT)/health/"
 	@echo "  metrics     http://127.0.0.1:$(WEB_PORT)/metrics/"
@@ -83,8 +84,11 @@ stop:
 	  rm -f $(WORKER_PID); \
 	fi
 
-test: install up
+test: install system-deps up
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	@scripts/system-deps.sh
 
 unit: install
 	$(BIN)/python -m pytest tests/unit tests/agents tests/adapters $(PYTEST_ARGS)
@@ -95,6 +99,7 @@ bench: install up
 	$(BIN)/python bench/signals.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/dashboard.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench

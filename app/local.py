@@ -26,6 +26,23 @@ FAUST = str(Path(sys.executable).parent / "faust")
 SAMPLE = ROOT / "data" / "sample" / "binance_usdm_trades_20240808.csv.gz"
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5, retry_on: tuple = ()):
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError naming
+    ``what`` and the last value after ``timeout`` seconds. Exceptions in ``retry_on`` count as a
+    falsy answer (a view mid-rebalance, say)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except retry_on as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     #: Folder for the worker's RocksDB tables (one per worker replica).
     data_dir: str = ".local/faust-data"
     database_url: str = "postgresql://postgres@127.0.0.1:55432/moondev"
+    #: Host name other replicas reach this worker's web port at (table views are routed there):
+    #: the pod's DNS name in Kubernetes, the service name in compose.
     web_host: str = "127.0.0.1"
+    #: Address the web server listens on (WEB_HOST when unset); 0.0.0.0 in containers.
+    web_bind: str | None = None
     web_port: int = Field(6066, ge=1, le=65535)
     #: Kafka SASL/SSL for real deployments: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``.
     kafka_security_protocol: str = "PLAINTEXT"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.local import ROOT, SAMPLE, Stack
+from app.local import ROOT, SAMPLE, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,17 +42,6 @@ def status_of(url: str, token: str | None = None) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def settled_fills(worker) -> int | None:

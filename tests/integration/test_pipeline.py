@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.local import SAMPLE, Stack
+from app.local import SAMPLE, Stack, wait_until
 
 N_TICKS = 35_389
 INITIAL_CASH = 100_000.0
@@ -35,17 +35,6 @@ async def fetch(dsn: str, sql: str, *args):
 
 def db(dsn: str, sql: str, *args):
     return asyncio.run(fetch(dsn, sql, *args))
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def produced(worker, event_type: str) -> float:
@@ -127,10 +116,13 @@ def test_a_trades_portfolio_and_event_store_agree(run, database_url):
     assert last_state["delta"]["seq"] == len(fills)
     assert last_state["cash"] == pytest.approx(cash, abs=1e-6)
 
-    stored_types = {r["event_type"] for r in db(database_url, "SELECT DISTINCT event_type FROM events")}
-    produced_types = {k.split('"')[1] for k, v in worker.metrics().items()
-                      if k.startswith("moondev_events_produced_total{") and v > 0}
-    assert produced_types | {"price.tick"} <= stored_types
+    def every_type_stored():
+        # metric.sla_violation events are emitted once a second: poll until the last is stored too
+        stored = {r["event_type"] for r in db(database_url, "SELECT DISTINCT event_type FROM events")}
+        produced_types = {k.split('"')[1] for k, v in worker.metrics().items()
+                          if k.startswith("moondev_events_produced_total{") and v > 0}
+        return produced_types | {"price.tick"} <= stored
+    wait_until(every_type_stored, 30, "every produced event type stored")
     n_ticks = db(database_url, "SELECT count(*) AS n FROM events WHERE event_type = 'price.tick'")[0]["n"]
     assert n_ticks == N_TICKS
 

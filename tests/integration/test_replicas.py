@@ -10,7 +10,7 @@ import time
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.local import SAMPLE, Stack
+from app.local import SAMPLE, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +35,6 @@ def owner_of(workers, table: str, key: str, partitions: int):
     return None
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (OSError, ValueError) as exc:  # a view mid-rebalance
-            last = exc
-        if last is True or (last and not isinstance(last, Exception)):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
 def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, database_url):
     stack = Stack(tmp_path, database_url=database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1",
                   KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_TIMEOUT_S), KAFKA_HEARTBEAT_INTERVAL_SECONDS="1",
@@ -60,7 +46,7 @@ def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, data
         def split():
             a = w1.get("/router/")
             return len(a) == 2 and a
-        assignment = wait_until(split, 90, "both workers in the assignment")
+        assignment = wait_until(split, 90, "both workers in the assignment", retry_on=(OSError, ValueError))
         stack.feed(SAMPLE, "max")
 
         def settled():
@@ -69,7 +55,8 @@ def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, data
                 return False
             time.sleep(2)
             return views(w1) == a == views(w2) and a
-        before = wait_until(settled, 180, "both replicas answering every view alike")
+        before = wait_until(settled, 180, "both replicas answering every view alike",
+                            retry_on=(OSError, ValueError))
         assert before["/indicators/BTC/"]["token"] == "BTC" and before["/indicators/ETH/"]["token"] == "ETH"
         assert before["/trades/"]["events"] and before["/signals/"]["events"]
 
@@ -86,7 +73,8 @@ def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, data
             seen.update(views(survivor))
             return seen == before
         try:
-            wait_until(same, SESSION_TIMEOUT_S + 60, "the survivor serving the same state")
+            wait_until(same, SESSION_TIMEOUT_S + 60, "the survivor serving the same state",
+                       retry_on=(OSError, ValueError))
         except AssertionError:
             diff = {p: (before[p], seen.get(p)) for p in before if seen.get(p) != before[p]}
             raise AssertionError(f"views differ after failover: {diff}") from None
