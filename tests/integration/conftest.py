@@ -50,6 +50,13 @@ def database_url(local_services):
     yield from _temporary_database()
 
 
+@pytest.fixture(scope="module")
+def module_database_url(local_services):
+    """An empty database for one test module, for modules whose events must not mix with the
+    session database's (tests there count what the store holds)."""
+    yield from _temporary_database()
+
+
 @pytest.fixture
 def fresh_database_url(local_services):
     """An empty database of its own, for tests that count what the store holds."""

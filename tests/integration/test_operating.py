@@ -56,8 +56,8 @@ def events(worker, types: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, database_url):
-    stack = Stack(tmp_path_factory.mktemp("operating"), database_url=database_url, BAR_SECONDS="1",
+def run(tmp_path_factory, module_database_url):
+    stack = Stack(tmp_path_factory.mktemp("operating"), database_url=module_database_url, BAR_SECONDS="1",
                   CONSENSUS_MIN_AGENTS="1", CONTROL_TOKEN=OPERATOR,
                   CONTROL_TOKENS=json.dumps({"alice": ALICE, "bob": BOB}), CONTROL_RATE_PER_MINUTE="5",
                   # a limit no evaluation meets, to see breaches counted and emitted
@@ -193,8 +193,8 @@ def test_e_metrics_faust_sensors_domain_metrics_and_sla_violations(run):
     assert len(emitted) < breaches, "breaches are summarised, not one event each"
 
 
-def test_f_read_auth_guards_views_but_not_probes(tmp_path, database_url):
-    stack = Stack(tmp_path, database_url=database_url, READ_AUTH="true", CONTROL_TOKEN=OPERATOR)
+def test_f_read_auth_guards_views_but_not_probes(tmp_path, module_database_url):
+    stack = Stack(tmp_path, database_url=module_database_url, READ_AUTH="true", CONTROL_TOKEN=OPERATOR)
     worker = stack.worker("ra").start()
     try:
         for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/", "/dashboard/ws/"):

@@ -35,8 +35,8 @@ def owner_of(workers, table: str, key: str, partitions: int):
     return None
 
 
-def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, database_url):
-    stack = Stack(tmp_path, database_url=database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1",
+def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, fresh_database_url):
+    stack = Stack(tmp_path, database_url=fresh_database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1",
                   KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_TIMEOUT_S), KAFKA_HEARTBEAT_INTERVAL_SECONDS="1",
                   STORE_EVENTS="false")
     w1 = stack.worker("w1").start()
