@@ -6,7 +6,10 @@ stand for the server) connect to it. The bench then produces ``--events`` ``stat
 events to ``state.changes`` at ``--rate`` per second, each carrying its wall-clock produce time
 (``delta.bench_sent``, taken just before ``send``). Every client records, for every delta, its
 receive time minus that produce time: the path is broker → the worker's dashboard hub → fan-out →
-client socket → client process.
+client socket → client process. Each run first sends 20 untimed events (the first push after a
+connection storm measures the storm), and the first run starts 15 s after the worker is ready
+(past its one-off start-up work). The worker runs without the event-store sink (STORE_EVENTS=false),
+so the figure is the dashboard path's.
 
 Prints, per client count: deliveries received / expected, p50, p99 and max in ms (goal
 < 50 ms p99 at 100 and at 1,000 clients; SPEC §7).
@@ -38,6 +41,8 @@ from app.local import Stack  # noqa: E402
 from app.settings import get_settings  # noqa: E402
 
 BROKER = get_settings().kafka_broker.split("://", 1)[-1]
+SLOW: dict[float, int] = {}
+WORST: dict[float, float] = {}  # produce time -> slowest delivery of that event (raw clients, per process)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -48,11 +53,11 @@ def pct(values: list[float], p: float) -> float:
 class RawClient(asyncio.Protocol):
     """A lean WebSocket client: the RFC 6455 handshake, then unmasked server frames parsed in
     ``data_received`` (no task switch per message), so the client process adds little to what is
-    measured. Text frames only; the server sends nothing else but pings (answered by nobody: the
-    heartbeat closes a client after 40 s idle, longer than a run)."""
+    measured. Text frames, and pings (answered)."""
 
     def __init__(self, lat: list[float], expect: int, done: asyncio.Future, handshaken: asyncio.Future):
         self.lat, self.expect, self.done, self.handshaken = lat, expect, done, handshaken
+        self.worst = WORST
         self.buf = bytearray()
         self.got = 0
         self.open = False
@@ -86,15 +91,26 @@ class RawClient(asyncio.Protocol):
                 n, head = int.from_bytes(self.buf[2:10], "big"), 10
             if len(self.buf) < head + n:
                 return
+            opcode = self.buf[0] & 0x0F
             payload = bytes(self.buf[head:head + n])
             del self.buf[:head + n]
-            i = payload.find(b'"bench_sent":')
+            if opcode == 0x9:  # ping: answer with a masked pong (RFC 6455 §5.5.3) carrying its payload
+                mask = os.urandom(4)
+                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + mask
+                                     + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+                continue
+            # deltas only: a snapshot also carries earlier runs' bench_sent values (each account's last state)
+            i = payload.find(b'"bench_sent":') if payload.startswith(b'{"type":"state"') else -1
             if i >= 0:
                 j = i + 13
                 k = j
                 while payload[k:k + 1] not in (b",", b"}"):
                     k += 1
-                self.lat.append(now - float(payload[j:k]))
+                sent = float(payload[j:k])
+                self.lat.append(now - sent)
+                self.worst[sent] = max(self.worst.get(sent, 0.0), now - sent)
+                if now - sent > 0.5:
+                    SLOW[sent] = SLOW.get(sent, 0) + 1
                 self.got += 1
                 if self.got >= self.expect and not self.done.done():
                     self.done.set_result(None)
@@ -126,6 +142,11 @@ def raw_client_proc(url: str, n: int, expect: int, ready, out, timeout: float) -
             pass
         for t, _ in conns:
             t.close()
+        slow = sorted(WORST.items(), key=lambda kv: -kv[1])[:3]
+        first = min(WORST) if WORST else 0.0
+        print("  slowest events (s after the first, slowest delivery ms): "
+              + ", ".join(f"{t - first:.2f}: {v * 1000:.0f} ({SLOW.get(t, 0)} clients > 500 ms)" for t, v in slow),
+              flush=True)
         return lat
 
     out.put(asyncio.run(run()))
@@ -151,7 +172,7 @@ def client_proc(url: str, n: int, expect: int, ready, out, timeout: float) -> No
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         return
                     data = msg.data
-                    if '"bench_sent"' not in data:
+                    if '"bench_sent"' not in data or not data.startswith('{"type":"state"'):
                         continue
                     ev = orjson.loads(data)
                     lat.append(now - ev["event"]["delta"]["bench_sent"])
@@ -168,11 +189,15 @@ def client_proc(url: str, n: int, expect: int, ready, out, timeout: float) -> No
     out.put(asyncio.run(run()))
 
 
-async def produce(topic: str, events: int, rate: float) -> None:
+async def produce(topic: str, events: int, rate: float, warmup: int = 0) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=BROKER, linger_ms=0)
     await producer.start()
     try:
         await producer.partitions_for(topic)  # metadata first: the first send must not wait for it
+        for i in range(warmup):  # not timed: no "bench_sent" field, clients skip them
+            await producer.send(topic, orjson.dumps({"event_type": "state.changed", "account": "warmup", "seq": i}),
+                                key=b"warmup")
+            await asyncio.sleep(1 / rate)
         t0 = time.perf_counter()
         for i in range(events):
             delay = t0 + i / rate - time.perf_counter()
@@ -211,7 +236,7 @@ def run_clients(stack: Stack, worker, clients: int, procs: int, events: int, rat
         if not r.wait(120):
             raise TimeoutError("clients did not connect within 120 s")
     time.sleep(1.0)
-    asyncio.run(produce(stack.env["TOPIC_PREFIX"] + "state.changes", events, rate))
+    asyncio.run(produce(stack.env["TOPIC_PREFIX"] + "state.changes", events, rate, warmup=20))
     lat: list[float] = []
     for _ in ps:
         lat += out.get(timeout=timeout + 30)
@@ -232,6 +257,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp), DASHBOARD_MAX_CLIENTS="5000", STORE_EVENTS="false")
         worker = stack.worker("w1").start()
+        time.sleep(15)  # past the worker's start-up work (recovery, the one-off heap freeze at 10 s)
         try:
             for clients in [int(c) for c in args.clients.split(",")]:
                 lat = run_clients(stack, worker, clients, args.procs, args.events, args.rate, args.client)
@@ -241,8 +267,13 @@ def main() -> None:
                       f"received {len(lat)}/{expected}, p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
                       f"max {max(ms) if ms else float('nan'):.1f} ms", flush=True)
                 m = worker.metrics()
-                print(f"  server side (hub): slow clients dropped {m.get('moondev_dashboard_slow_clients_total', 0):.0f}",
-                      flush=True)
+                total = m.get("moondev_dashboard_delivery_seconds_count", 0)
+                within = {le: m.get(f'moondev_dashboard_delivery_seconds_bucket{{le="{le}"}}', 0)
+                          for le in ("0.01", "0.05", "1.0")}
+                print(f"  server side (hub, produce -> written to every socket, cumulative over runs): {total:.0f} "
+                      f"pushes, {within['0.01'] / total:.1%} within 10 ms, {within['0.05'] / total:.1%} within 50 ms, "
+                      f"{total - within['1.0']:.0f} over 1 s; slow clients dropped "
+                      f"{m.get('moondev_dashboard_slow_clients_total', 0):.0f}", flush=True)
         finally:
             stack.stop()
 
