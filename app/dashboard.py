@@ -270,6 +270,9 @@ hub = Hub(settings.dashboard_history)
 @app.task
 async def _run_hub() -> None:
     # A lost broker connection or any error restarts the hub (the page shows it reconnecting).
+    if not settings.dashboard_enabled:
+        hub.ready.set()  # nothing to wait for: the views answer from an empty hub
+        return
     while True:
         try:
             await hub.run()

@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     read_auth: bool = False
     #: Control requests per client (token holder, or address when unauthenticated) per minute.
     control_rate_per_minute: int = Field(10, ge=1)
-    #: Dashboard: WebSocket clients per worker, recent events kept per list, and the bytes a slow
+    #: Dashboard: the hub on/off (backtest workers run without it), WebSocket clients per worker, recent events kept per list, and the bytes a slow
     #: client may have queued before it is disconnected.
+    dashboard_enabled: bool = True
     dashboard_max_clients: int = Field(2000, ge=1)
     dashboard_history: int = Field(100, ge=1, le=10_000)
     dashboard_client_buffer_bytes: int = Field(1_048_576, ge=65_536)

@@ -181,7 +181,7 @@ def run_backtest(events: list[dict], *, workdir: Path, database_url: str, kafka_
     weights = {a: 1.0 for a in agents}
     weights.update({a: 0.0 for a in ("trading.rules", "trading.llm", "sentiment") if a not in agents})
     env = {"BAR_SECONDS": str(bar_seconds), "INITIAL_CASH_USD": str(balance), "EXCHANGE": "paper",
-           "STORE_EVENTS": "false", "AGENT_WEIGHTS": json.dumps(weights), "CONSENSUS_MIN_AGENTS": str(min(2, len(agents))),
+           "STORE_EVENTS": "false", "DASHBOARD_ENABLED": "false", "AGENT_WEIGHTS": json.dumps(weights), "CONSENSUS_MIN_AGENTS": str(min(2, len(agents))),
            "STORE_URL": "memory://", **(settings or {})}
     stack = Stack(workdir, database_url, **env)
     # No LLM (its answers depend on wall-clock latency) and no Discord alerts from a backtest.
