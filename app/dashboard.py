@@ -14,7 +14,8 @@ Pushes (JSON text frames, one per event, ``{"type": ..., "event": {...}, "produc
 - ``snapshot`` on connect: accounts' last state, recent signals, decisions, alerts, orders,
   trades, halt flags and per-token price series;
 - ``state`` (``state.changed``/``state.snapshot``), ``signal``, ``decision``, ``alert``,
-  ``order``, ``trade`` deltas as they arrive;
+  ``order``, ``trade`` deltas as they arrive (an ``alert`` also carries the account's ``halt``
+  flag after it);
 - ``prices``: once a second, for each token that ticked, its 1-second points (``[[t_ms, price],
   ...]``, last price of each event-time second) changed since the previous push.
 
@@ -37,7 +38,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.main import app, settings
+from app.main import aiokafka_connection, app, settings
 from app.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
 from app.sla import sla
 from streams.risk import halt_transition
@@ -72,24 +73,6 @@ def ws_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-def aiokafka_security() -> dict:
-    """aiokafka connection arguments for the configured SASL/SSL settings."""
-    import ssl
-    s = settings
-    proto = s.kafka_security_protocol.upper()
-    out: dict = {"security_protocol": proto}
-    if "SSL" in proto:
-        out["ssl_context"] = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
-    if proto.startswith("SASL"):
-        out.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                   sasl_plain_password=s.kafka_sasl_password)
-    return out
-
-
-def bootstrap_servers() -> list[str]:
-    return [u.split("://", 1)[-1] for u in settings.kafka_broker.replace(";", ",").split(",") if u]
-
-
 class Hub:
     """Follows the watched topics and fans their events out to WebSocket clients."""
 
@@ -105,12 +88,14 @@ class Hub:
         self.consumer: AIOKafkaConsumer | None = None
 
     # ------------------------------------------------------------------ state
+    def recent_events(self, kind: str) -> list[dict]:
+        """The recent events of one list, oldest first (event time, then id)."""
+        return sorted(self.recent[kind], key=lambda e: (e.get("timestamp", 0), str(e.get("event_id"))))
+
     def snapshot(self) -> dict:
-        recent = {k: sorted(v, key=lambda e: (e.get("timestamp", 0), str(e.get("event_id")))) for k, v in
-                  self.recent.items()}
         return {"type": "snapshot", "ready": self.ready.is_set(), "accounts": self.accounts, "halt": self.halt,
-                "recent": recent, "prices": {t: list(p) for t, p in self.prices.items()},
-                "server_ms": int(time.time() * 1000)}
+                "recent": {k: self.recent_events(k) for k in LISTS},
+                "prices": {t: list(p) for t, p in self.prices.items()}, "server_ms": int(time.time() * 1000)}
 
     def apply(self, kind: str, event: dict) -> None:
         """Fold one event into the hub's state."""
@@ -198,9 +183,9 @@ class Hub:
 
     async def run(self) -> None:
         self.consumer = consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(), group_id=None, enable_auto_commit=False,
+            group_id=None, enable_auto_commit=False,
             auto_offset_reset="latest", fetch_max_wait_ms=5, max_partition_fetch_bytes=4 * 1024 * 1024,
-            client_id=f"{settings.app_id}-dashboard", **aiokafka_security())
+            client_id=f"{settings.app_id}-dashboard", **aiokafka_connection())
         await consumer.start()
         try:
             kinds = await self._assign()
@@ -226,9 +211,11 @@ class Hub:
                         if not isinstance(event, dict):
                             continue
                         self.apply(kind, event)
-                        if live and kind != "price":
-                            self.broadcast(orjson.dumps({"type": kind, "event": event,
-                                                         "produced_ms": record.timestamp}), kind)
+                        if live and kind != "price" and self.clients:
+                            message = {"type": kind, "event": event, "produced_ms": record.timestamp}
+                            if kind == "alert":
+                                message["halt"] = self.halt.get(event.get("account"))
+                            self.broadcast(orjson.dumps(message), kind)
                             if kind == "state":
                                 delay = max(0.0, time.time() - record.timestamp / 1000.0)
                                 DASHBOARD_DELIVERY_SECONDS.observe(delay)

@@ -47,6 +47,20 @@ def _broker_credentials():
     return faust.SSLCredentials(ctx)
 
 
+def aiokafka_connection() -> dict:
+    """Arguments for a plain aiokafka client (outside Faust's) with the same brokers and SASL/SSL
+    settings as the app."""
+    s = settings
+    proto = s.kafka_security_protocol.upper()
+    out: dict = {"bootstrap_servers": s.bootstrap_servers, "security_protocol": proto}
+    if "SSL" in proto:
+        out["ssl_context"] = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
+    if proto.startswith("SASL"):
+        out.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                   sasl_plain_password=s.kafka_sasl_password)
+    return out
+
+
 class _RawStrKeys:
     """Table keys typed ``str`` are serialized raw (Faust's default for them is JSON): a key's bytes
     are the topic key's bytes, so table routing (``app.table_route``) finds the partition that

@@ -82,4 +82,4 @@ DASHBOARD_DELIVERY_SECONDS = Histogram(
     "moondev_dashboard_delivery_seconds", "Produce time of a state.changed event to its push to the clients (seconds)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=REGISTRY)
 CONTROL_REQUESTS = Counter("moondev_control_requests_total", "Control endpoint requests by action and outcome "
-                           "(ok, unauthorized, rate_limited, invalid)", ["action", "outcome"], registry=REGISTRY)
+                           "(accepted, unauthorized, rate_limited, invalid)", ["action", "outcome"], registry=REGISTRY)

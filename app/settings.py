@@ -8,6 +8,7 @@ Every field reads the environment variable of the same name in upper case (``KAF
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlparse
 
 from typing import Literal
 
@@ -220,7 +221,6 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
-        from urllib.parse import urlparse
         values = [*self.control_holders().values(), self.kafka_sasl_password or ""]
         for s in (self.anthropic_api_key, self.hyperliquid_secret_key, self.discord_webhook_url):
             if s is not None:
@@ -234,6 +234,11 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(self.max_leverage, self.order_leverage, self.max_position_notional_usd,
                       self.daily_loss_limit_pct, self.min_order_notional_usd)
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` of each broker in KAFKA_BROKER (``kafka://b1:9092;kafka://b2:9092``)."""
+        return [u.split("://", 1)[-1] for u in self.kafka_broker.replace(";", ",").split(",") if u]
 
     def topic(self, name: str) -> str:
         """Full topic name for a SPEC §3 topic name, with the configured prefix."""

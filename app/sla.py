@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import time
 
+from app.main import emit
 from app.metrics import SLA_VIOLATIONS
+from app.settings import get_settings
+from models.events import SlaViolation, new_event_id
 
 
 class SlaMonitor:
@@ -60,18 +63,11 @@ class SlaMonitor:
         return out
 
 
-def _make() -> SlaMonitor:
-    from app.settings import get_settings
-    s = get_settings()
-    return SlaMonitor(s.sla_limits_ms, s.sla_event_interval_seconds)
-
-
-sla = _make()
+sla = SlaMonitor(get_settings().sla_limits_ms, get_settings().sla_event_interval_seconds)
 
 
 def violations_due(source: str) -> list:
     """The due breaches as ``metric.sla_violation`` events."""
-    from models.events import SlaViolation, new_event_id
     return [SlaViolation(event_id=new_event_id(), timestamp=int(time.time() * 1000), source=source, metric=metric,
                          value=round(worst, 3), limit=limit, breaches=breaches, first_breach_ms=first_ms)
             for metric, breaches, worst, limit, first_ms in sla.due()]
@@ -79,7 +75,6 @@ def violations_due(source: str) -> list:
 
 async def emit_due(source: str) -> int:
     """Emit the due ``metric.sla_violation`` events; returns how many."""
-    from app.main import emit
     events = violations_due(source)
     for ev in events:
         await emit(ev)

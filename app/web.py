@@ -47,7 +47,6 @@ import asyncio
 import json
 import logging
 import time
-from urllib.parse import urlparse
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -68,9 +67,9 @@ log = logging.getLogger("moondev.web")
 
 
 async def _broker_ok() -> bool:
-    url = urlparse(settings.kafka_broker.split(";")[0].split(",")[0])
+    host, _, port = settings.bootstrap_servers[0].partition(":")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 9092), 1.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port or 9092)), 1.0)
         writer.close()
         return True
     except (OSError, asyncio.TimeoutError):
@@ -258,8 +257,7 @@ def _recent_view(kind: str):
         @read_auth
         async def get(self, request: Request) -> Response:
             token = request.query.get("token")
-            snap = hub.snapshot()["recent"][kind]
-            events = [e for e in snap if not token or e.get("token") == token.upper()]
+            events = [e for e in hub.recent_events(kind) if not token or e.get("token") == token.upper()]
             return self.json({"ready": hub.ready.is_set(), "events": events})
     Recent.__name__ = f"Recent_{kind}"
     return Recent
@@ -326,25 +324,25 @@ async def _control(view: View, request: Request, action: str) -> Response:
         CONTROL_REQUESTS.labels(action, "rate_limited").inc()
         return view.json({"error": "rate limited", "retry_after_s": round(retry_after, 1)}, status=429,
                          headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
-    body: dict = {}
+    raw = await request.content.read(MAX_BODY + 1)
     try:
-        raw = await request.content.read(MAX_BODY + 1)
         body = json.loads(raw) if raw.strip() else {}
-        if not isinstance(body, dict) or len(raw) > MAX_BODY:
-            raise ValueError
     except ValueError:
-        body = {"_invalid": True}
+        body = None
+    valid = isinstance(body, dict) and len(raw) <= MAX_BODY
+    body = body if valid else {}
     why = str(body.get("reason") or "").strip()[:500]
     account = str(body.get("account") or settings.account)[:64]
     now = int(time.time() * 1000)
     audit_id = new_event_id()
-    outcome = "accepted"
     if who is None:
         outcome = "unauthorized"
-    elif body.get("_invalid"):
-        outcome = "invalid: body must be a JSON object of at most 4096 bytes"
+    elif not valid:
+        outcome = f"invalid: body must be a JSON object of at most {MAX_BODY} bytes"
     elif not why:
         outcome = "invalid: a reason is required"
+    else:
+        outcome = "accepted"
     await emit(ControlAction(event_id=audit_id, timestamp=now, source="web.control", correlation_id=audit_id,
                              action=action, account=account, who=who or "anonymous", why=why, client=client,
                              outcome=outcome))

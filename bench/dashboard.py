@@ -39,15 +39,9 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from app.local import Stack  # noqa: E402
 from app.settings import get_settings  # noqa: E402
+from bench.pipeline import pct  # noqa: E402
 
 BROKER = get_settings().kafka_broker.split("://", 1)[-1]
-SLOW: dict[float, int] = {}
-WORST: dict[float, float] = {}  # produce time -> slowest delivery of that event (raw clients, per process)
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
 
 
 class RawClient(asyncio.Protocol):
@@ -57,7 +51,6 @@ class RawClient(asyncio.Protocol):
 
     def __init__(self, lat: list[float], expect: int, done: asyncio.Future, handshaken: asyncio.Future):
         self.lat, self.expect, self.done, self.handshaken = lat, expect, done, handshaken
-        self.worst = WORST
         self.buf = bytearray()
         self.got = 0
         self.open = False
@@ -106,11 +99,7 @@ class RawClient(asyncio.Protocol):
                 k = j
                 while payload[k:k + 1] not in (b",", b"}"):
                     k += 1
-                sent = float(payload[j:k])
-                self.lat.append(now - sent)
-                self.worst[sent] = max(self.worst.get(sent, 0.0), now - sent)
-                if now - sent > 0.5:
-                    SLOW[sent] = SLOW.get(sent, 0) + 1
+                self.lat.append(now - float(payload[j:k]))
                 self.got += 1
                 if self.got >= self.expect and not self.done.done():
                     self.done.set_result(None)
@@ -142,11 +131,6 @@ def raw_client_proc(url: str, n: int, expect: int, ready, out, timeout: float) -
             pass
         for t, _ in conns:
             t.close()
-        slow = sorted(WORST.items(), key=lambda kv: -kv[1])[:3]
-        first = min(WORST) if WORST else 0.0
-        print("  slowest events (s after the first, slowest delivery ms): "
-              + ", ".join(f"{t - first:.2f}: {v * 1000:.0f} ({SLOW.get(t, 0)} clients > 500 ms)" for t, v in slow),
-              flush=True)
         return lat
 
     out.put(asyncio.run(run()))
@@ -262,10 +246,13 @@ def main() -> None:
             for clients in [int(c) for c in args.clients.split(",")]:
                 lat = run_clients(stack, worker, clients, args.procs, args.events, args.rate, args.client)
                 expected = clients * args.events
+                if not lat:
+                    print(f"dashboard delivery, {clients} clients: no delta received", flush=True)
+                    continue
                 ms = [v * 1000 for v in lat]
                 print(f"dashboard delivery, {clients:>5} {args.client} clients in {args.procs} process(es), {args.events} state.changed at {args.rate:g}/s: "
                       f"received {len(lat)}/{expected}, p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
-                      f"max {max(ms) if ms else float('nan'):.1f} ms", flush=True)
+                      f"max {max(ms):.1f} ms", flush=True)
                 m = worker.metrics()
                 total = m.get("moondev_dashboard_delivery_seconds_count", 0)
                 within = {le: m.get(f'moondev_dashboard_delivery_seconds_bucket{{le="{le}"}}', 0)

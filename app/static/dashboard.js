@@ -6,8 +6,7 @@
   const params = new URLSearchParams(location.search);
   const authToken = params.get("token");  // only needed with READ_AUTH
   const MAX_ROWS = 50;
-  const state = { accounts: {}, halt: {}, prices: {}, account: params.get("account"), token: null,
-                  fills: {} };
+  const state = { accounts: {}, halt: {}, prices: {}, account: params.get("account"), token: null };
   const $ = (id) => document.getElementById(id);
   const usd = (v) => v == null ? "–" : v.toLocaleString("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 2 });
   const num = (v, d = 4) => v == null ? "–" : Number(v).toLocaleString("en-US", { maximumFractionDigits: d });
@@ -68,7 +67,7 @@
     $("leverage").textContent = equity > 0 ? (gross / equity).toFixed(2) + "×" : "–";
     $("upnl").innerHTML = signed(upnl);
     $("daily").innerHTML = signed(s.daily_pnl || 0);
-    $("fills").textContent = (s.delta && s.delta.seq) || state.fills[state.account] || 0;
+    $("fills").textContent = (s.delta && s.delta.seq) || 0;
   }
 
   const rowOf = {
@@ -122,12 +121,7 @@
         break;
       case "alert":
         addRows("alert", [msg.event], true);
-        if (msg.event.violation_type === "manual" || msg.event.violation_type === "max_leverage" || msg.event.event_type === "risk.ok") {
-          const e = msg.event, h = state.halt[e.account] || {};
-          if (e.event_type === "risk.alert") state.halt[e.account] = { halted: true, manual: e.violation_type === "manual", reason: e.action_required };
-          else if (!h.manual || e.violation_type === "manual") state.halt[e.account] = { halted: false };
-          renderAccount();
-        }
+        if (msg.halt) { state.halt[msg.event.account] = msg.halt; renderAccount(); }
         break;
       case "prices":
         for (const [t, points] of Object.entries(msg.points)) {
