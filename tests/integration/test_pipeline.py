@@ -52,7 +52,11 @@ def settle(worker, dsn: str) -> None:
     wait_until(processed, 300, "all ticks consumed and stored")
 
     def stored_all():
-        rows = db(dsn, "SELECT event_type, count(*) AS n FROM events GROUP BY 1")
+        # metric.sla_violation is the one type emitted on the wall clock (up to
+        # SLA_EVENT_INTERVAL_SECONDS after a breach), not derived from the ticks: left out of the
+        # stability check; every event type the pipeline derives from the ticks stays in it
+        rows = db(dsn, "SELECT event_type, count(*) AS n FROM events WHERE event_type <> 'metric.sla_violation' "
+                       "GROUP BY 1")
         counts = {r["event_type"]: r["n"] for r in rows}
         want = {t: produced(worker, t) for t in ("trade.executed", "state.changed", "trade.placed")}
         return all(counts.get(t, 0) == n for t, n in want.items()) and counts
