@@ -1,7 +1,7 @@
 """Web views on the Faust web port (WEB_PORT, 6066 by default).
 
-- ``GET /health/``: broker reachable, database reachable, tables recovered, dashboard hub caught
-  up; 200 when all are, else 503.
+- ``GET /health/``: broker reachable, database reachable with the event-store schema in place,
+  tables recovered, dashboard hub caught up; 200 when all are, else 503.
 - ``GET /health/live/`` (liveness: the event loop answers) and ``GET /health/ready/`` (readiness:
   broker reachable, tables recovered, no rebalance in progress, dashboard hub caught up; 503
   otherwise), for Kubernetes
@@ -58,7 +58,7 @@ from app.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
 from app.sla import emit_due
 from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
 from streams.portfolio import portfolio_view
-from streams.sink import store
+from streams.sink import schema_ready, store
 from domain import sentiment as sm
 from feeds.files import parse_time_ms
 from tables import correlations, halt, indicators, latest_prices, portfolio, sentiment_windows
@@ -93,7 +93,7 @@ def _tables_ready() -> bool:
 class Health(View):
     async def get(self, request: Request) -> Response:
         broker, database = await asyncio.gather(_broker_ok(), _database_ok())
-        checks = {"broker": broker, "database": database, "tables_ready": _tables_ready(),
+        checks = {"broker": broker, "database": database and schema_ready.is_set(), "tables_ready": _tables_ready(),
                   "dashboard_ready": hub.ready.is_set()}
         ok = all(checks.values())
         return self.json({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)

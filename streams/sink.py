@@ -105,6 +105,10 @@ def _make_sink(name: str):
 SINKS = {name: _make_sink(name) for name in TOPICS if name not in NOT_STORED} if settings.store_events else {}
 
 
+#: Set once this worker has created or checked the event-store schema (``/health/`` waits for it).
+schema_ready = asyncio.Event()
+
+
 @app.task
 async def migrate_on_start() -> None:
     """Create the schema when the worker starts (retrying while the database is unreachable)."""
@@ -113,6 +117,7 @@ async def migrate_on_start() -> None:
         try:
             version = await store.migrate(settings.store_compress_after_days, settings.store_retention_days)
             log.info("event store ready (schema version %d)", version)
+            schema_ready.set()
             return
         except Exception as exc:  # noqa: BLE001
             log.warning("event store not reachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
