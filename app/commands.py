@@ -15,7 +15,7 @@ import uuid
 import click
 from faust.cli import argument, option
 
-from app.sla import violations_due
+from app.sla import sla, violations_due
 from app.main import TOPICS, app, declare_topics, settings
 from feeds.files import FeedError, RollingVolume, parse_time_ms, read_ticks, schedule
 from models.events import PriceTick, encode_event
@@ -194,7 +194,7 @@ async def ingest(self, exchange: str, symbols: str | None, url: str | None, trad
         await publish(b"", encode_event(dl), dl.event_type)
 
     feed = WsFeed(protocol, publish, dead_letter, encode_event, stale_seconds=settings.ingest_stale_seconds,
-                  backoff_cap=settings.ingest_backoff_cap_seconds, queue_size=settings.ingest_queue_size)
+                  backoff_cap=settings.ingest_backoff_cap_seconds, queue_size=settings.ingest_queue_size, sla=sla)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, feed.stop)

@@ -5,7 +5,7 @@ Tokens come from the environment (CONTROL_TOKEN, CONTROL_TOKENS); a request's to
 with every configured one by ``hmac.compare_digest`` (constant time, and no early exit on a
 match). The control endpoints always require a token; the read views require it when READ_AUTH is
 set. Refusals are 401 with ``WWW-Authenticate: Bearer``; the token itself is never logged (see
-:mod:`app.redact`).
+:mod:`core.redact`).
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.main import aiokafka_connection, app, settings
-from app.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
+from core.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
 from app.sla import sla
-from streams.risk import halt_transition
+from domain.halt import halt_transition
 
 log = logging.getLogger("moondev.dashboard")
 

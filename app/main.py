@@ -1,11 +1,5 @@
-"""The Faust application: the ``faust.App``, its topics (SPEC §3) and the emit helper.
-
-Partition counts follow SPEC §3. Each agent that reads a table consumes a topic keyed like that
-table, with the same partition count (Faust's co-partitioning rule): the trading agent's tables
-have price.ticks' 10 partitions, consensus the 5 of signal.generated, execution and portfolio the
-5 of their account-keyed topics. Consensus decisions are keyed by token, so approvals are
-re-keyed by account through the internal topic ``execution.requests`` (5 partitions) before the
-execution engine reads the account's tables.
+"""The Faust application: the ``faust.App``, its topics (the catalogue in :mod:`models.topics`),
+the emit helper and dead letters.
 
 Every message is the flat JSON of :mod:`models.events` (value serializer ``raw``): no Faust
 metadata on the wire, so producers in any language can write these topics.
@@ -18,17 +12,16 @@ import base64
 import gc
 import logging
 import ssl
-from dataclasses import dataclass
-from datetime import timedelta
 
 import faust
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-from app.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
-from app.redact import install_redaction
-from app.settings import get_settings
+from core.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
+from core.redact import install_redaction
+from core.settings import get_settings
 from models.events import NUL_ESCAPE, DeadLetter, Envelope, EventError, decode_event, derived_id, encode_event
+from models.topics import TOPIC_OF_EVENT, TOPIC_SPECS, key_of  # noqa: F401  (re-exported for the app's modules)
 
 log = logging.getLogger("moondev")
 settings = get_settings()
@@ -49,16 +42,8 @@ def _broker_credentials():
 
 def aiokafka_connection() -> dict:
     """Arguments for a plain aiokafka client (outside Faust's) with the same brokers and SASL/SSL
-    settings as the app."""
-    s = settings
-    proto = s.kafka_security_protocol.upper()
-    out: dict = {"bootstrap_servers": s.bootstrap_servers, "security_protocol": proto}
-    if "SSL" in proto:
-        out["ssl_context"] = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
-    if proto.startswith("SASL"):
-        out.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                   sasl_plain_password=s.kafka_sasl_password)
-    return out
+    settings as the app (:meth:`core.settings.Settings.aiokafka_connection`)."""
+    return settings.aiokafka_connection()
 
 
 class _RawStrKeys:
@@ -117,72 +102,6 @@ app = faust.App(
 # the app id.
 app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "faust"))
 
-DAY = timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    retention: timedelta
-    key: str | None  # "token", "account" or None
-
-
-TOPIC_SPECS: dict[str, TopicSpec] = {
-    s.name: s
-    for s in [
-        TopicSpec("price.ticks", 10, timedelta(hours=24), "token"),
-        TopicSpec("liquidation.events", 3, 7 * DAY, "token"),
-        TopicSpec("sentiment.updates", 3, 7 * DAY, "token"),
-        TopicSpec("whale.activity", 3, 7 * DAY, "token"),
-        TopicSpec("signal.generated", 5, 7 * DAY, "token"),
-        TopicSpec("consensus", 5, 7 * DAY, "token"),
-        TopicSpec("risk.alerts", 3, 7 * DAY, "account"),
-        TopicSpec("correlation", 3, 7 * DAY, "token"),
-        TopicSpec("orders", 5, 7 * DAY, "account"),
-        TopicSpec("trade.executed", 5, 7 * DAY, "account"),
-        TopicSpec("state.changes", 5, 7 * DAY, "account"),
-        TopicSpec("system", 1, 7 * DAY, None),
-        TopicSpec("dead.letters", 1, 7 * DAY, None),
-        # Internal: approvals re-keyed by account for the execution engine.
-        TopicSpec("execution.requests", 5, 7 * DAY, "account"),
-        # Internal: 1-minute closes per token from the trading agent, co-partitioned with
-        # sentiment.updates for the correlation join.
-        TopicSpec("price.minutes", 3, 7 * DAY, "token"),
-    ]
-}
-
-#: event_type -> SPEC §3 topic name
-TOPIC_OF_EVENT: dict[str, str] = {
-    "price.tick": "price.ticks",
-    "price.minute": "price.minutes",
-    "liquidation.event": "liquidation.events",
-    "sentiment.update": "sentiment.updates",
-    "whale.activity": "whale.activity",
-    "signal.generated": "signal.generated",
-    "signal.error": "signal.generated",
-    "trade.consensus_approved": "consensus",
-    "signal.consensus_failed": "consensus",
-    "risk.ok": "risk.alerts",
-    "risk.alert": "risk.alerts",
-    "risk.critical": "risk.alerts",
-    "risk.cascade_detected": "risk.alerts",
-    "risk.constraint_violation": "risk.alerts",
-    "correlation.detected": "correlation",
-    "trade.placed": "orders",
-    "trade.rejected": "orders",
-    "trade.force_close": "orders",
-    "trade.executed": "trade.executed",
-    "position.closed": "trade.executed",
-    "state.snapshot": "state.changes",
-    "state.changed": "state.changes",
-    "agent.error": "system",
-    "metric.sla_violation": "system",
-    "control.action": "system",
-    "backtest.report": "system",
-    "dead_letter": "dead.letters",
-}
-
 #: SPEC topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
 #: create them with these partitions and retention instead of the broker's defaults.
 TOPICS: dict[str, faust.TopicT] = {
@@ -194,15 +113,6 @@ TOPICS: dict[str, faust.TopicT] = {
 #: Where :func:`emit` sends each topic's events. Agent tests rebind entries to in-memory
 #: ``app.channel()`` objects to read what an agent produced without a broker.
 OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
-
-
-def key_of(event: Envelope, topic_name: str) -> bytes | None:
-    kind = TOPIC_SPECS[topic_name].key
-    if kind == "token":
-        return event.token.encode()
-    if kind == "account":
-        return event.account.encode()  # type: ignore[attr-defined]
-    return None
 
 
 async def emit(event: Envelope, topic_name: str | None = None) -> None:

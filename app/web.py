@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.control import MAX_BODY, authenticate, limiter, read_auth, unauthorized
 from app.dashboard import STATIC, hub
 from app.main import app, emit, settings
-from app.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
+from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
 from app.sla import emit_due
 from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
 from streams.portfolio import portfolio_view

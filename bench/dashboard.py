@@ -38,7 +38,7 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from app.local import Stack  # noqa: E402
-from app.settings import get_settings  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 from bench.pipeline import pct  # noqa: E402
 
 BROKER = get_settings().kafka_broker.split("://", 1)[-1]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from app.local import SAMPLE, Stack  # noqa: E402
-from app.settings import get_settings  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 
 N_SAMPLE = 35389
 

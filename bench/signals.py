@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from app.local import SAMPLE, Stack, free_port  # noqa: E402
-from app.settings import get_settings  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 from bench.pipeline import N_SAMPLE, pct  # noqa: E402
 
 TWEETS = ROOT.parent / "shared" / "data" / "sentiment" / "vader_tweets_ground_truth.tsv"

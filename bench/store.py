@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 
 from app.local import SAMPLE  # noqa: E402
-from app.settings import get_settings  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 from feeds.files import read_ticks  # noqa: E402
 from store.eventstore import EventStore, Row  # noqa: E402
 

@@ -253,3 +253,11 @@ def check_order(*, token: str, side: str, size: float, price: float, reduce_only
                          {"leverage_after": lev_after if math.isfinite(lev_after) else None,
                           "max_leverage": limits.max_leverage})
     return None
+
+
+def cascade_impact_pct(notional_usd: float, daily_volume_usd: float, daily_vol: float) -> float:
+    """Square-root-law price impact (%) of ``notional_usd`` traded against ``daily_volume_usd``
+    with daily volatility ``daily_vol`` (fraction): impact = σ_daily × √(Q / V_daily) (Almgren,
+    Thum, Hauptmann and Li, "Direct Estimation of Equity Market Impact", Risk 2005; Tóth et al.,
+    "Anomalous price impact and the critical nature of liquidity in financial markets", PRX 2011)."""
+    return 100.0 * daily_vol * math.sqrt(max(notional_usd, 0.0) / max(daily_volume_usd, 1.0))

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from app.metrics import NOTIFICATIONS
+from core.metrics import NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 MAX_EMBEDS = 10

@@ -1,3 +1,5 @@
-"""Agents (Faust stream processors), one module per agent. Importing this package registers them."""
+"""The Faust runtime of the processors: one module per agent, each a thin Faust agent that decodes
+its topic's messages, hands them to its processor (:mod:`app.runtime`) and sends what it answers.
+Invalid messages go to the dead letters with the reason. Importing this package registers them."""
 
 from streams import consensus, correlation, execution, notifier, portfolio, risk, sentiment, sink, trading  # noqa: F401

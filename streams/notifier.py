@@ -19,7 +19,7 @@ async def notifier():
     if settings.discord_webhook_url is None:
         return None
     if _notifier["n"] is None:
-        # Imported here: notify.discord uses app.metrics, whose package imports the agents.
+        # Imported here: notify.discord uses core.metrics, whose package imports the agents.
         from notify.discord import DiscordNotifier
 
         n = DiscordNotifier(settings.discord_webhook_url.get_secret_value(), settings.discord_batch_seconds)

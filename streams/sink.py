@@ -19,7 +19,7 @@ import time
 
 
 from app.main import TOPICS, app, dead_letter, settings
-from app.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
+from core.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
 from app.sla import sla
 from models.events import EventError, decode_event
 from store.eventstore import EventStore, Row

@@ -7,7 +7,7 @@ rather than ``bytes`` so that keys recovered from a changelog equal the keys age
 
 | table | key | partitions | written by | value |
 |---|---|---|---|---|
-| bar_history | token | 10 | trading | {"closes": [...], "last_start": ms} bounded to BAR_HISTORY |
+| bar_history | token | 10 | trading | {"last_start": ms, "ind": running indicator state (domain.indicators)} |
 | indicators | token | 10 | trading | last bar's indicator values and signal |
 | consensus_windows | token | 5 | consensus | the open 5 s window and the closed-until watermark |
 | sentiment_windows | token | 3 | sentiment | 1-minute buckets of the last hour (domain.sentiment) |
@@ -32,7 +32,7 @@ _json = dict(key_type=str)
 # one key per token or account) and read live by every worker: apply each event as it arrives.
 _global = dict(key_type=str, recovery_buffer_size=1)
 
-bar_history = app.Table("bar_history", partitions=10, help="closed bar closes per token", **_json)
+bar_history = app.Table("bar_history", partitions=10, help="last closed bar and running indicator state per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
 consensus_windows = app.Table("consensus_windows", partitions=5, help="open consensus windows per token", **_json)
 portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", **_json)

@@ -1,18 +1,19 @@
-"""Shared fixtures of the agent tests: recording outputs and clean tables."""
+"""Shared fixtures of the Faust agent tests: recording outputs, clean tables and processors, and
+``tune`` to change a processor's config for one test."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 import app as _app  # noqa: F401  (registers every agent and table)
-from app import main
-from streams import risk
-from streams import consensus as consensus_mod
-from streams import trading as trading_mod
-from tables import (consensus_windows, correlation_windows, correlations, execution_state, exposures, halt,
-                    latest_prices, portfolio, sentiment_windows, bar_history, indicators)
+from app import main, runtime
+from processors.consensus import ConsensusState
+from processors.risk import RiskState
+from tables import (bar_history, consensus_windows, correlation_windows, correlations, execution_state, exposures,
+                    halt, indicators, latest_prices, portfolio, sentiment_windows)
 
 
 class Recorder:
@@ -36,11 +37,23 @@ def outputs(monkeypatch):
     for table in (consensus_windows, execution_state, portfolio, latest_prices, exposures, halt, sentiment_windows,
                   correlation_windows, correlations, bar_history, indicators):
         table.data.clear()
-    for memo in (risk._alerted, risk._reference, risk._closing, risk._seen, risk._written):
-        memo.clear()
-    risk.invalidate_exposures()
-    consensus_mod._open.clear()
-    trading_mod._open.clear()
-    trading_mod._minutes.clear()
-    consensus_mod._stream_time.clear()
+    # the processors' in-memory state starts empty too (as in a new worker)
+    monkeypatch.setattr(runtime.risk, "state", RiskState(latest_prices, runtime.exposures))
+    monkeypatch.setattr(runtime.consensus, "state", ConsensusState(consensus_windows))
+    monkeypatch.setattr(runtime.trading.state, "open", {})
+    runtime.exposures.invalidate()
     return recorders
+
+
+@pytest.fixture
+def tune(monkeypatch):
+    """``tune(processor, field=value, ...)``: that processor's config with these fields replaced
+    for the test (``limits={...}`` replaces fields of the execution limits)."""
+
+    def apply(processor, **changes):
+        cfg = processor.config
+        if isinstance(changes.get("limits"), dict):
+            changes["limits"] = dataclasses.replace(cfg.limits, **changes["limits"])
+        monkeypatch.setattr(processor, "config", dataclasses.replace(cfg, **changes))
+
+    return apply

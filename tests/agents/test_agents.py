@@ -9,12 +9,13 @@ import uuid
 import pytest
 
 import app as _app  # noqa: F401  (registers every agent and table)
-from app import main
+from app import main, runtime
 from domain.sizing import SizingRule
 from feeds.files import read_ticks
 from models.events import ConsensusDecision, PriceTick, SignalGenerated, TradeExecuted, encode_event, new_event_id
 from streams.consensus import consensus
-from streams.execution import client_order_id, execution
+from domain.orders import client_order_id
+from streams.execution import execution
 from streams.portfolio import portfolio_agent
 from streams.trading import trading
 from tables import latest_prices, portfolio
@@ -87,13 +88,11 @@ async def test_consensus_decides_each_window_once(outputs):
 async def test_consensus_state_survives_in_the_table(outputs):
     """The window is in the table: a new signal after the in-memory caches are lost (a restart)
     still joins it, and the window decides once."""
-    from streams import consensus as cmod
-
     async with consensus.test_context() as agent:
         await agent.put(value=encode_event(signal_of("BTC", T0 + 100)), key=b"BTC")
-        cmod._open.clear()
-        cmod._stream_time.clear()
-        cmod._stale = True
+        runtime.consensus.state.open.clear()  # a restart: the in-memory caches are gone
+        runtime.consensus.state.stream_time.clear()
+        runtime.consensus.on_assigned()
         await agent.put(value=encode_event(signal_of("BTC", T0 + 2100, agent="sentiment")), key=b"BTC")
         await agent.put(value=encode_event(signal_of("BTC", T0 + 3100, agent="trading.llm")), key=b"BTC")
     (decision,) = outputs["consensus"].sent
@@ -124,9 +123,9 @@ async def test_execution_places_one_order_per_decision(outputs):
     assert fills[0]["fee"] == pytest.approx(fills[0]["fill_price"] * qty * s.fee_bps / 1e4)
 
 
-async def test_execution_rejects_orders_over_max_leverage(outputs, monkeypatch):
-    monkeypatch.setitem(main.settings.sizing, "default", SizingRule(fraction=5.0))
-    monkeypatch.setattr(main.settings, "max_position_notional_usd", 1e9)
+async def test_execution_rejects_orders_over_max_leverage(outputs, tune):
+    tune(runtime.execution, sizing={**runtime.execution.config.sizing, "default": SizingRule(fraction=5.0)},
+         limits={"max_position_notional_usd": 1e9})
     async with execution.test_context() as agent:
         await agent.put(value=encode_event(approval()), key=b"paper")
     assert not outputs["trade.executed"].sent
@@ -158,11 +157,10 @@ async def test_portfolio_applies_each_fill_once(outputs):
 async def test_trading_agent_replay_after_restart_rebuilds_open_bar_without_double_counting(outputs, sample_path):
     """A restart replays from the committed offset, which never passes an open bar's ticks: the
     open bar is rebuilt and ticks of bars already stored are skipped."""
-    from streams import trading as tr
+    import copy
+
     from tables import bar_history
 
-    bar_history.data.clear()
-    tr._open.clear()
     rows = [r for r in read_ticks(sample_path) if r.token == "ETH"][:3000]
     ticks = [PriceTick(event_id=new_event_id(), timestamp=r.ts_ms, token="ETH", source="t", price=r.price,
                        size=r.size) for r in rows]
@@ -170,38 +168,33 @@ async def test_trading_agent_replay_after_restart_rebuilds_open_bar_without_doub
     async with trading.test_context() as agent:
         for t in ticks[:half]:
             await agent.put(value=encode_event(t), key=b"ETH")
-        history = list(bar_history.get("ETH")["closes"])
-        tr._open.clear()  # the worker restarts: in-memory open bars are gone
-        replay_from = next(i for i, t in enumerate(ticks) if t.timestamp >= (bar_history.get("ETH")["last_start"]
-                                                                              // 1000 - 3) * 1000)
+        before = copy.deepcopy(bar_history.get("ETH"))
+        runtime.trading.state.open.clear()  # the worker restarts: in-memory open bars are gone
+        replay_from = next(i for i, t in enumerate(ticks) if t.timestamp >= (before["last_start"] // 1000 - 3) * 1000)
         for t in ticks[replay_from:]:
             await agent.put(value=encode_event(t), key=b"ETH")
-    closes = bar_history.get("ETH")["closes"]
-    assert closes[: len(history)] == history
-    # one close per bar: the history equals a straight run's
-    tr._open.clear()
+    replayed = copy.deepcopy(bar_history.get("ETH"))
+    assert replayed["ind"]["n"] > before["ind"]["n"] > 20
+    # one update per bar: the running indicator state equals a straight run's, to the bit
+    runtime.trading.state.open.clear()
     bar_history.data.clear()
     async with trading.test_context() as agent:
         for t in ticks:
             await agent.put(value=encode_event(t), key=b"ETH")
-    assert bar_history.get("ETH")["closes"] == closes
+    assert bar_history.get("ETH") == replayed
 
 
 async def test_risk_agent_marks_to_market_and_alerts_above_max_leverage(outputs):
     from streams import risk as rk
     from tables import exposures
 
-    exposures.data.clear()
-    rk._alerted.clear()
-    rk._seen.clear()
-    rk.invalidate_exposures()
     exposures.data[b"paper"] = {"cash": -200_000.0, "positions": {"BTC": {"size": 4.0, "entry_price": 60_000.0}}}
     def tick(ts, price):
         return PriceTick(event_id=new_event_id(), timestamp=ts, token="BTC", source="t", price=price)
     async with rk.risk.test_context() as agent:
         await agent.put(value=encode_event(tick(T0, 60_000.0)), key=b"BTC")  # equity 40k, leverage 6
         await agent.put(value=encode_event(tick(T0 + 1000, 60_100.0)), key=b"BTC")  # still high: no repeat
-        rk.invalidate_exposures()
+        runtime.exposures.invalidate()
         exposures.data[b"paper"] = {"cash": 0.0, "positions": {"BTC": {"size": 1.0, "entry_price": 60_000.0}}}
         await agent.put(value=encode_event(tick(T0 + 2000, 60_000.0)), key=b"BTC")  # leverage 1: ok again
     alerts = outputs["risk.alerts"].sent

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from app import main
+from app import main, runtime
 from models.events import (ConsensusDecision, LiquidationEvent, OrderEvent, PriceTick, RiskEvent, TradeExecuted,
                            encode_event, new_event_id)
 from streams.execution import execution
@@ -36,8 +36,9 @@ async def build_5x_long(outputs):
     outputs["state.changes"].sent.clear()
 
 
-async def test_critical_buffer_emits_risk_critical_and_one_force_close(outputs, monkeypatch):
-    monkeypatch.setattr(main.settings, "initial_cash_usd", 100_000.0)
+async def test_critical_buffer_emits_risk_critical_and_one_force_close(outputs, tune):
+    tune(runtime.portfolio, initial_cash_usd=100_000.0)
+    tune(runtime.execution, initial_cash_usd=100_000.0)
     await build_5x_long(outputs)
     async with risk.test_context() as agent:
         for i, px in enumerate([50_000.0, 48_000.0, 46_000.0, 45_000.0, 44_900.0, 44_800.0]):
@@ -96,11 +97,11 @@ async def test_halt_blocks_opening_orders_until_risk_ok(outputs):
     assert len(outputs["trade.executed"].of("trade.executed")) == 1
 
 
-async def test_large_order_fills_in_parts_and_portfolio_counts_each_part_once(outputs, monkeypatch):
-    monkeypatch.setattr(main.settings, "max_position_notional_usd", 1e9)
-    monkeypatch.setattr(main.settings, "max_leverage", 10.0)
+async def test_large_order_fills_in_parts_and_portfolio_counts_each_part_once(outputs, tune):
     from domain.sizing import SizingRule
-    monkeypatch.setitem(main.settings.sizing, "big", SizingRule(fraction=6.0))  # 600,000 USD
+    tune(runtime.execution, limits={"max_position_notional_usd": 1e9, "max_leverage": 10.0},
+         sizing={**runtime.execution.config.sizing, "big": SizingRule(fraction=6.0)})  # 600,000 USD
+    tune(runtime.portfolio, max_leverage=10.0)
     d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
                           source="consensus", consensus_score=85, contributing_agents=["a", "b"],
                           recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0,

@@ -10,12 +10,12 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from app import main
+from app import main, runtime
 from domain import indicators as ind
 from domain import signals as rules
 from domain.bars import Bar
 from models.events import PriceMinute, PriceTick, SentimentUpdate, encode_event, new_event_id
-from streams import llm
+from processors import llm
 from streams import trading as tr
 from streams.correlation import correlation
 from streams.sentiment import sentiment
@@ -28,7 +28,7 @@ T0 = 1_723_161_240_000  # a minute boundary
 async def _advisor(fake: FakeAnthropic, timeout: float = 2.0, concurrency: int = 2) -> llm.LLMAdvisor:
     url = await fake.start()
     client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0, timeout=timeout)
-    return llm.LLMAdvisor(client, "claude-test", timeout, concurrency, 8, 256)
+    return llm.LLMAdvisor(client, "claude-test", timeout, concurrency, 8, 256, main.emit)
 
 
 def _request(token="BTC", bar=T0, rule="BUY") -> llm.Request:
@@ -108,13 +108,12 @@ async def test_trading_agent_never_waits_for_the_llm(outputs, sample_path, monke
     """With the LLM answering after 3 s, a minute of real ticks goes through the trading agent and
     every rule-based signal is out before a single LLM answer."""
     from feeds.files import read_ticks
-    from pydantic import SecretStr
 
     fake = FakeAnthropic(delay=3.0)
     url = await fake.start()
-    monkeypatch.setattr(main.settings, "anthropic_api_key", SecretStr(API_KEY))
-    monkeypatch.setattr(main.settings, "anthropic_base_url", url)
-    monkeypatch.setattr(llm, "_advisor", None)
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0, timeout=10.0)
+    adv = llm.LLMAdvisor(client, "claude-test", 10.0, main.settings.llm_concurrency, 8, 256, main.emit)
+    monkeypatch.setattr(runtime.trading, "advisor", adv)
     rows = [r for r in read_ticks(sample_path) if r.token == "BTC"][:6000]
     try:
         async with tr.trading.test_context() as agent:
@@ -124,12 +123,10 @@ async def test_trading_agent_never_waits_for_the_llm(outputs, sample_path, monke
                 await agent.put(value=encode_event(t), key=b"BTC")
         sent = [v for _, v in outputs["signal.generated"].sent]
         assert sent and all(s["agent"] == "trading.rules" for s in sent)
-        adv = llm._advisor
-        assert adv is not None and fake.requests, "bar closes were sent to the LLM"
+        assert fake.requests, "bar closes were sent to the LLM"
         assert len(fake.requests) <= main.settings.llm_concurrency  # the rest waited, newest per token
         await adv.stop()
     finally:
-        monkeypatch.setattr(llm, "_advisor", None)
         await fake.stop()
 
 

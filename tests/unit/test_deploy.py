@@ -89,7 +89,7 @@ def test_statefulset_has_a_volume_per_worker_probes_on_health_views_and_config_f
 
 def _exported_metric_names() -> set[str]:
     import app  # noqa: F401  (registers every metric, Faust's sensors included)
-    from app.metrics import REGISTRY
+    from core.metrics import REGISTRY
 
     names: set[str] = set()
     suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_count", "_sum", "_created"],

@@ -10,9 +10,9 @@ from aiohttp import WSMsgType
 from aiohttp._websocket.reader import WebSocketReader  # aiohttp's own parser checks our frames
 
 from app.control import RateLimiter
-from app.redact import MASK, install_redaction, redact
+from core.redact import MASK, install_redaction, redact
 from app.sla import SlaMonitor
-from streams.risk import halt_transition
+from domain.halt import halt_transition
 
 
 def test_rate_limiter_allows_a_burst_then_refills_per_client():

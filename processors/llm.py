@@ -26,14 +26,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from app.main import emit, settings
-from app.metrics import LLM_REQUESTS, LLM_SECONDS
-from models.events import SignalError, SignalGenerated, derived_id
+from core.metrics import LLM_REQUESTS, LLM_SECONDS
+from models.events import Envelope, SignalError, SignalGenerated, derived_id
 
 log = logging.getLogger(__name__)
 AGENT = "trading.llm"
@@ -108,10 +108,16 @@ def prompt_for(token: str, bar: dict, values: dict, rule: dict) -> str:
 
 
 class LLMAdvisor:
-    """Bounded, per-token-latest queue of advice requests served by concurrent workers."""
+    """Bounded, per-token-latest queue of advice requests served by concurrent workers.
 
-    def __init__(self, client, model: str, timeout_s: float, concurrency: int, queue_size: int, max_tokens: int):
+    ``client``: an ``anthropic.AsyncAnthropic``; ``emit``: the coroutine function that sends the
+    resulting ``signal.generated`` / ``signal.error`` (the runtime's).
+    """
+
+    def __init__(self, client, model: str, timeout_s: float, concurrency: int, queue_size: int, max_tokens: int,
+                 emit: Callable[[Envelope], Awaitable[None]]):
         self.client = client
+        self.emit = emit
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = concurrency
@@ -121,6 +127,13 @@ class LLMAdvisor:
         self.latest_bar: dict[str, int] = {}
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+
+    def advise(self, token: str, bar, bar_end_ms: int, values: dict, sig, correlation_id, ingest_ms) -> None:
+        """Queue advice on one closed ``bar`` (:class:`domain.bars.Bar`) with its indicator
+        ``values`` and the rule signal ``sig``; never blocks."""
+        rule = {"action": sig.action, "score": sig.score, "confidence": sig.confidence, "reasons": sig.reasons}
+        self.submit(Request(token, bar.start_ms, bar_end_ms, prompt_for(token, bar.to_dict(), values, rule),
+                            bar.close, correlation_id, ingest_ms))
 
     def submit(self, req: Request) -> None:
         """Queue a request; never blocks. Replaces the token's pending request, drops the oldest
@@ -181,30 +194,13 @@ class LLMAdvisor:
         LLM_REQUESTS.labels(outcome).inc()
         if error is not None:
             log.info("LLM advice for %s bar %s: %s; the rule-based signal stands", req.token, req.bar_start_ms, error)
-            await emit(SignalError(
+            await self.emit(SignalError(
                 event_id=derived_id("signal.error", AGENT, req.token, req.bar_start_ms), timestamp=req.bar_end_ms,
                 token=req.token, source=AGENT, correlation_id=req.correlation_id, ingest_ms=req.ingest_ms,
                 agent=AGENT, error=error))
             return
-        await emit(SignalGenerated(
+        await self.emit(SignalGenerated(
             event_id=derived_id("signal", AGENT, req.token, req.bar_start_ms), timestamp=req.bar_end_ms,
             token=req.token, source=AGENT, correlation_id=req.correlation_id, ingest_ms=req.ingest_ms,
             action=advice.action, score=advice.score, confidence=advice.confidence, agent=AGENT,
             reasons=advice.reasons, price=req.price))
-
-
-_advisor: LLMAdvisor | None = None
-
-
-def advisor() -> LLMAdvisor | None:
-    """The worker's advisor, created on first use; None when ANTHROPIC_API_KEY is not set."""
-    global _advisor
-    if _advisor is None and settings.anthropic_api_key is not None:
-        import anthropic
-
-        client = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key.get_secret_value(),
-                                          base_url=settings.anthropic_base_url, timeout=settings.llm_timeout_seconds,
-                                          max_retries=0)
-        _advisor = LLMAdvisor(client, settings.llm_model, settings.llm_timeout_seconds, settings.llm_concurrency,
-                              settings.llm_queue_size, settings.llm_max_tokens)
-    return _advisor

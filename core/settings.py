@@ -10,12 +10,13 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlparse
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.risk import DEFAULT_ASSETS, AssetSpec, Limits
+from domain.signals import resolve
 from domain.sizing import SizingRule
 
 
@@ -56,13 +57,11 @@ class Settings(BaseSettings):
     # --- trading agent
     #: OHLCV bar length in seconds; bars close on event time.
     bar_seconds: float = Field(60.0, gt=0)
-    #: Closed bars kept per token for indicators. The EMA-based ones (EMA, RSI, MACD) depend on
-    #: their seed; 600 bars (over ten times the longest period, 50) make them agree with a
-    #: full-history computation to 1e-9.
-    bar_history: int = Field(600, ge=60, le=5000)
-    #: Rule set of the trading agent: ``default`` (trend, cross, momentum, RSI, Bollinger) or
-    #: ``sma_cross`` (SMA(20)/SMA(50) crossovers only).
-    trading_rules: Literal["default", "sma_cross"] = "default"
+    #: Rule set of the trading agent, a name from :data:`domain.signals.RULE_SETS`: ``default``
+    #: (trend, cross, momentum, RSI, Bollinger) or ``sma_cross`` (SMA crossovers only).
+    trading_rules: str = "default"
+    #: The rule set's parameters (JSON, e.g. {"fast": 10, "slow": 30}); defaults for those not given.
+    trading_params: dict[str, Any] = Field(default_factory=dict)
     #: Minimum rule score (0-100) for the trading agent to emit a BUY/SELL signal.
     signal_min_score: float = Field(40.0, ge=0, le=100)
 
@@ -207,6 +206,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _exchange_keys(self) -> "Settings":
+        resolve(self.trading_rules, self.trading_params)  # ParamError (a ValueError) names the problem
         if self.exchange == "hyperliquid" and self.hyperliquid_secret_key is None:
             raise ValueError("EXCHANGE=hyperliquid needs HYPERLIQUID_SECRET_KEY")
         self.sizing.setdefault("default", SizingRule(fraction=self.position_fraction))
@@ -239,6 +239,19 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` of each broker in KAFKA_BROKER (``kafka://b1:9092;kafka://b2:9092``)."""
         return [u.split("://", 1)[-1] for u in self.kafka_broker.replace(";", ",").split(",") if u]
+
+    def aiokafka_connection(self) -> dict:
+        """Arguments for a plain aiokafka client with these brokers and SASL/SSL settings."""
+        import ssl
+
+        proto = self.kafka_security_protocol.upper()
+        out: dict = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": proto}
+        if "SSL" in proto:
+            out["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if proto.startswith("SASL"):
+            out.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                       sasl_plain_password=self.kafka_sasl_password)
+        return out
 
     def topic(self, name: str) -> str:
         """Full topic name for a SPEC §3 topic name, with the configured prefix."""

@@ -1,6 +1,6 @@
 """Secrets never reach a log line: every log record's message is redacted when it is created.
 
-Redacted: the configured secret values (:meth:`app.settings.Settings.secrets`: control tokens,
+Redacted: the configured secret values (:meth:`core.settings.Settings.secrets`: control tokens,
 API keys, the Discord webhook and its token, SASL and database passwords) and anything after
 ``Bearer``/``Authorization:``, wherever it appears, including in exception text and arguments of
 other libraries' log calls (aiohttp's access log, aiokafka, Faust).

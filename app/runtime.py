@@ -1,0 +1,84 @@
+"""The worker's processors: each agent's logic (:mod:`processors`) built from the settings and
+given the worker's Faust tables as its stores. ``streams/`` runs them as Faust agents; the
+in-process backtest engine builds the same classes over dicts (:mod:`backtest.engine`)."""
+
+from __future__ import annotations
+
+import tables
+from app.main import app, emit, settings
+from app.sla import sla
+from core.metrics import RISK_EVAL_SECONDS
+from exchanges.base import Exchange
+from processors.base import ExposureView
+from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
+from processors.correlation import CorrelationConfig, CorrelationProcessor
+from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
+from processors.portfolio import PortfolioConfig, PortfolioProcessor
+from processors.risk import HaltProcessor, RiskConfig, RiskProcessor, RiskState
+from processors.sentiment import SentimentConfig, SentimentProcessor
+from processors.trading import TradingConfig, TradingProcessor, TradingState
+
+
+def build_exchange(s=settings) -> Exchange:
+    """The adapter selected by EXCHANGE (``paper`` unless ``hyperliquid`` with keys)."""
+    if s.exchange == "hyperliquid":
+        from exchanges.hyperliquid import HyperliquidExchange
+        return HyperliquidExchange(s.hyperliquid_secret_key.get_secret_value(), s.hyperliquid_base_url,
+                                   s.hyperliquid_account_address, taker_fee_bps=s.fee_bps)
+    from exchanges.paper import PaperExchange
+    return PaperExchange(s.fee_bps, s.slippage_bps, s.paper_level_notional_usd, s.paper_level_step_bps,
+                         s.paper_max_levels, s.paper_latency_ms)
+
+
+def build_advisor():
+    """The LLM advisor, or None without ANTHROPIC_API_KEY."""
+    if settings.anthropic_api_key is None:
+        return None
+    import anthropic
+
+    from processors.llm import LLMAdvisor
+
+    client = anthropic.AsyncAnthropic(api_key=settings.anthropic_api_key.get_secret_value(),
+                                      base_url=settings.anthropic_base_url, timeout=settings.llm_timeout_seconds,
+                                      max_retries=0)
+    return LLMAdvisor(client, settings.llm_model, settings.llm_timeout_seconds, settings.llm_concurrency,
+                      settings.llm_queue_size, settings.llm_max_tokens, emit)
+
+
+def _observe_risk_evaluation(seconds: float) -> None:
+    RISK_EVAL_SECONDS.observe(seconds)
+    sla.observe("risk_evaluation", seconds * 1000.0)
+
+
+#: One exposures view per worker, shared by risk (reads) and portfolio (writes, invalidates).
+exposures = ExposureView(tables.exposures, refresh_s=0.05)
+
+trading = TradingProcessor(TradingConfig.from_settings(settings),
+                           TradingState(tables.bar_history, tables.indicators, tables.correlations, tables.halt),
+                           advisor=build_advisor())
+risk = RiskProcessor(RiskConfig.from_settings(settings), RiskState(tables.latest_prices, exposures),
+                     observe_evaluation=_observe_risk_evaluation)
+halt = HaltProcessor(tables.halt)
+consensus = ConsensusProcessor(ConsensusConfig.from_settings(settings), ConsensusState(tables.consensus_windows))
+sentiment = SentimentProcessor(SentimentConfig.from_settings(settings), tables.sentiment_windows)
+correlation = CorrelationProcessor(CorrelationConfig.from_settings(settings), tables.correlation_windows,
+                                   tables.correlations)
+execution = ExecutionProcessor(ExecutionConfig.from_settings(settings),
+                               ExecutionState(tables.execution_state, tables.portfolio, tables.halt,
+                                              tables.latest_prices),
+                               build_exchange())
+portfolio = PortfolioProcessor(PortfolioConfig.from_settings(settings), tables.portfolio, exposures,
+                               tables.latest_prices)
+
+ALL = (trading, risk, halt, consensus, sentiment, correlation, execution, portfolio)
+
+
+@app.on_partitions_revoked.connect
+async def _revoked(app_, revoked, **kwargs) -> None:
+    for p in ALL:
+        p.on_revoked(revoked)
+
+
+@app.on_partitions_assigned.connect
+async def _assigned(app_, assigned, **kwargs) -> None:
+    consensus.on_assigned(assigned)

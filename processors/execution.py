@@ -1,0 +1,287 @@
+"""Execution processor: ``trade.consensus_approved`` and ``trade.force_close`` → pre-trade
+constraints → sizing → exchange adapter → ``trade.placed`` + ``trade.executed`` per fill (or
+``trade.rejected`` and ``risk.constraint_violation`` with the reason).
+
+Commands and what happened are distinct: an approval or a force-close request is a command; a
+denial by the pre-trade checks is ``risk.constraint_violation`` + ``trade.rejected`` (reason
+from the check), a refusal by the venue is ``trade.rejected`` (reason from the venue), a fill is
+``trade.executed``.
+
+Idempotency: the client order id derives from the approving event (or from the position a
+force-close closes; :mod:`domain.orders`); an id already submitted (``execution_state`` store) or
+whose fills the portfolio applied is never sent again, the adapters refuse a reused id, and every
+emitted event has an id derived from the order or fill, so a replay re-emits identical events that
+the portfolio and the event store drop. Fills not yet applied to the portfolio are kept as
+in-flight quantities and counted in the position used for sizing and limits.
+
+Closing orders (force-close, close-all) are reduce-only: they skip the halt flag, exposure,
+balance and minimum-notional checks. Revocation changes nothing: the state is in the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from core.metrics import EXCHANGE_ERRORS, ORDERS
+from domain.halt import halted_reason
+from domain.orders import client_order_id, force_close_id
+from domain.portfolio import new_portfolio, roll_day, target_order
+from domain.risk import DEFAULT_ASSETS, AssetSpec, Limits, check_order, evaluate, round_size
+from domain.sizing import SizingRule, equity_fraction
+from exchanges.base import Exchange, ExchangeError, Order, OrderResult
+from models.events import ConsensusDecision, OrderEvent, RiskEvent, TradeExecuted, derived_id
+from processors.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    """Pre-trade ``limits``, ``assets`` (exchange metadata), ``fee_bps`` (taker fee, bp of
+    notional, for the balance check), sizing rules per strategy (``sizing``, a ``default`` one
+    required), ``account`` for approvals without one, ``initial_cash_usd`` of a new account,
+    ``exchange_retries`` (seconds between retries of an exchange error) and how many submitted ids
+    are remembered."""
+
+    limits: Limits = field(default_factory=lambda: Limits(3.0, 10.0, 50_000.0, 5.0, 10.0))
+    assets: Mapping[str, AssetSpec] = None  # type: ignore[assignment]
+    fee_bps: float = 4.5
+    max_leverage: float = 3.0
+    sizing: Mapping[str, SizingRule] = field(default_factory=lambda: {"default": SizingRule()})
+    account: str = "paper"
+    initial_cash_usd: float = 100_000.0
+    exchange_retries: tuple[float, ...] = (0.2, 0.5, 1.0)
+    submitted_memory: int = 500
+
+    def __post_init__(self):
+        if self.assets is None:
+            object.__setattr__(self, "assets", dict(DEFAULT_ASSETS))
+
+    @classmethod
+    def from_settings(cls, s) -> "ExecutionConfig":
+        return cls(s.limits, dict(s.assets), s.fee_bps, s.max_leverage, dict(s.sizing), s.account,
+                   s.initial_cash_usd)
+
+
+class ExecutionState:
+    """``execution_state``: account -> {"inflight": {fill id: fill}, "submitted": [client order
+    ids]} (written); ``portfolio``, ``halt``, ``latest_prices`` (read)."""
+
+    def __init__(self, execution_state: Store, portfolio: Mapping, halt: Mapping, latest_prices: Mapping):
+        self.execution_state = execution_state
+        self.portfolio = portfolio
+        self.halt = halt
+        self.latest_prices = latest_prices
+
+
+class _Book:
+    """The account as the engine sees it: the portfolio plus fills not yet applied."""
+
+    def __init__(self, account: str, st: ExecutionState, cfg: ExecutionConfig):
+        self.account = account
+        self.st = st
+        self.cfg = cfg
+        self.state = st.execution_state.get(account) or {"inflight": {}, "submitted": []}
+        self.pf = st.portfolio.get(account) or new_portfolio(cfg.initial_cash_usd)
+        self.applied = set(self.pf["applied"])
+        self.state["inflight"] = {k: v for k, v in self.state["inflight"].items() if k not in self.applied}
+        self.positions = {t: dict(p) for t, p in self.pf["positions"].items()}
+        self.cash = self.pf["cash"]
+        for f in self.state["inflight"].values():
+            p = self.positions.setdefault(f["token"], {"size": 0.0, "entry_price": f["price"]})
+            p["size"] += f["qty"]
+            self.cash += -f["qty"] * f["price"] - f["fee"]
+        self.positions = {t: p for t, p in self.positions.items() if abs(p["size"]) > 1e-12}
+
+    def seen(self, cloid: str) -> bool:
+        return cloid in self.state["submitted"] or cloid in self.applied
+
+    def position(self, token: str) -> float:
+        return self.positions.get(token, {}).get("size", 0.0)
+
+    def report(self, token: str, price: float):
+        marks = {t: (self.st.latest_prices.get(t) or {}).get("price") for t in self.positions}
+        marks[token] = price
+        return evaluate(self.cash, self.positions, {t: m for t, m in marks.items() if m}, self.cfg.assets,
+                        self.cfg.max_leverage)
+
+
+class ExecutionProcessor:
+    name = "execution"
+    topics = ("execution.requests", "orders")
+
+    def __init__(self, config: ExecutionConfig, state: ExecutionState, exchange: Exchange):
+        """``exchange``: the adapter orders go to; started on first use."""
+        self.config = config
+        self.state = state
+        self.exchange = exchange
+        self._started = False
+        self._lock: asyncio.Lock | None = None
+
+    def on_revoked(self, partitions) -> None:
+        pass
+
+    async def adapter(self) -> Exchange:
+        if not self._started:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if not self._started:
+                    await self.exchange.start()
+                    self._started = True
+        return self.exchange
+
+    async def process(self, event, partition=None, account: str | None = None) -> list:
+        """Handle one approval (``account``: the message key, else the configured account) or
+        force-close request; other order events (this processor's own) are ignored."""
+        if isinstance(event, OrderEvent):
+            return await self.on_force_close(event.account, event) if event.event_type == "trade.force_close" else []
+        if isinstance(event, ConsensusDecision) and event.event_type == "trade.consensus_approved":
+            return await self.on_approval(account or self.config.account, event)
+        return []
+
+    def _reject(self, common: dict, cloid: str, side: str, size: float, price: float | None, violation_type: str,
+                reason: str, metrics: dict, decision_id=None, reduce_only: bool = False) -> list:
+        ORDERS.labels("constraint").inc()
+        log.info("order %s rejected: %s", cloid, reason)
+        return [
+            RiskEvent(event_id=derived_id("violation", cloid), event_type="risk.constraint_violation",
+                      severity="WARNING", violation_type=violation_type, action_required="order rejected",
+                      metrics={**metrics, "client_order_id": cloid, "reason": reason}, **common),
+            OrderEvent(event_id=derived_id("rejected", cloid), event_type="trade.rejected", client_order_id=cloid,
+                       side=side, size=size, price=price, reason=reason, decision_id=decision_id,
+                       reduce_only=reduce_only, **common),
+        ]
+
+    async def _submit(self, book: _Book, order: Order, common: dict, placed_reason: str, decision_id=None,
+                      decision_price: float | None = None) -> list:
+        cfg, store = self.config, self.state.execution_state
+        st = book.state
+        st["submitted"].append(order.client_order_id)
+        del st["submitted"][:-cfg.submitted_memory]
+        store[book.account] = st
+        adapter = await self.adapter()
+        result: OrderResult | None = None
+        for delay in (*cfg.exchange_retries, None):
+            try:
+                result = await adapter.submit(order)
+                break
+            except ExchangeError as exc:
+                EXCHANGE_ERRORS.labels(adapter.name).inc()
+                if delay is None:
+                    result = OrderResult("rejected", None, [], f"exchange error: {exc}")
+                    st["submitted"].remove(order.client_order_id)  # a redelivery may try again
+                    store[book.account] = st
+                    break
+                log.warning("exchange error on %s (retrying in %.1fs): %s", order.client_order_id, delay, exc)
+                await asyncio.sleep(delay)
+        ORDERS.labels(result.status).inc()
+        base = dict(client_order_id=order.client_order_id, side=order.side, reduce_only=order.reduce_only, **common)
+        if result.status == "rejected":
+            return [OrderEvent(event_id=derived_id("rejected", order.client_order_id), event_type="trade.rejected",
+                               size=order.size, price=order.reference_price, reason=result.reason,
+                               decision_id=decision_id, **base)]
+        if result.status == "duplicate" and not result.fills:
+            log.info("exchange reports order %s as a duplicate: %s", order.client_order_id, result.reason)
+            return []
+        out: list = [OrderEvent(event_id=derived_id("placed", order.client_order_id), event_type="trade.placed",
+                                order_id=result.order_id, size=order.size, order_type="market",
+                                price=order.reference_price, decision_id=decision_id, reason=placed_reason, **base)]
+        sign = 1.0 if order.side == "BUY" else -1.0
+        ref = decision_price or order.reference_price
+        for f in result.fills:
+            st["inflight"][f.fill_id] = {"token": order.token, "qty": sign * f.size, "price": f.price, "fee": f.fee}
+            out.append(TradeExecuted(event_id=derived_id("fill", f.fill_id), order_id=result.order_id,
+                                     fill_id=f.fill_id, fill_price=f.price, filled_amount=f.size, fee=f.fee,
+                                     slippage=sign * (f.price - ref), decision_price=ref, **base))
+        store[book.account] = st
+        if result.status == "partially_filled":
+            out.append(OrderEvent(event_id=derived_id("remainder", order.client_order_id),
+                                  event_type="trade.rejected", order_id=result.order_id,
+                                  size=max(0.0, order.size - result.filled_size), price=order.reference_price,
+                                  reason=result.reason, decision_id=decision_id, **base))
+        return out
+
+    async def on_approval(self, account: str, d: ConsensusDecision) -> list:
+        """Size, check and place the order of one approval; returns the events to emit, in order."""
+        cfg = self.config
+        cloid = client_order_id(account, d.event_id)
+        book = _Book(account, self.state, cfg)
+        if book.seen(cloid):
+            ORDERS.labels("duplicate").inc()
+            log.info("duplicate decision %s for %s: order %s already placed", d.event_id, d.token, cloid)
+            return []
+        common = dict(timestamp=d.timestamp, token=d.token, source="execution", correlation_id=d.correlation_id,
+                      ingest_ms=d.ingest_ms, account=account)
+        action_side = "BUY" if d.recommended_action == "BUY" else "SELL"
+        # The decision's price (last tick of the bar behind it) is the reference fill price, so a
+        # replay fills at the same price; the shared latest price only stands in for a missing one.
+        price = d.price or (self.state.latest_prices.get(d.token) or {}).get("price")
+        if not price:
+            return self._reject(common, cloid, action_side, 0.0, None, "no_price", "no price for token", {},
+                                decision_id=d.event_id)
+        if d.token not in cfg.assets:
+            return self._reject(common, cloid, action_side, 0.0, price, "unknown_token",
+                                f"unknown token {d.token!r}: no exchange metadata", {}, decision_id=d.event_id)
+        report = book.report(d.token, price)
+        position = book.position(d.token)
+        rule = cfg.sizing.get(d.strategy or "default") or cfg.sizing["default"]
+        fraction = equity_fraction(rule, d.consensus_score, d.confidence)
+        order = target_order(position, report.equity, price, d.recommended_action, fraction, 0.0)
+        if order is None:
+            return []  # HOLD, or already positioned this way: nothing to do, nothing denied
+        side, qty = order
+        size = round_size(qty, cfg.assets[d.token].sz_decimals)
+        day = dict(book.pf)
+        daily = roll_day(day, d.timestamp, report.equity)
+        violation = check_order(token=d.token, side=side, size=size, price=price, reduce_only=False,
+                                position=position, report=report, daily_pnl=daily,
+                                day_start_equity=day["day_start_equity"],
+                                halted=halted_reason(self.state.halt, account), limits=cfg.limits, assets=cfg.assets,
+                                fee_bps=cfg.fee_bps)
+        if violation is not None:
+            return self._reject(common, cloid, side, size, price, violation.violation_type, violation.reason,
+                                violation.metrics, decision_id=d.event_id)
+        return await self._submit(book, Order(account, d.token, side, size, price, cloid, d.timestamp), common,
+                                  f"consensus {d.consensus_score:+.1f} ({d.strategy or 'default'}, "
+                                  f"{fraction:.3f} of equity)", decision_id=d.event_id, decision_price=price)
+
+    async def on_force_close(self, account: str, req: OrderEvent) -> list:
+        """Close ``req.token``'s position (all positions when the request has no token) with
+        reduce-only market orders. Allowed while trading is halted."""
+        cfg = self.config
+        book = _Book(account, self.state, cfg)
+        tokens = [req.token] if req.token else sorted(book.positions)
+        out: list = []
+        for token in tokens:
+            position = book.position(token)
+            common = dict(timestamp=req.timestamp, token=token, source="execution",
+                          correlation_id=req.correlation_id or req.event_id, ingest_ms=req.ingest_ms, account=account)
+            side = "SELL" if position > 0 else "BUY"
+            if abs(position) < 1e-12:
+                log.info("force-close of %s/%s: already flat", account, token)
+                continue
+            cloid = req.client_order_id if req.token and len(tokens) == 1 else force_close_id(
+                account, token, int(book.positions[token].get("opened_ms", 0)), position)
+            if book.seen(cloid):
+                ORDERS.labels("duplicate").inc()
+                continue
+            price = (req.price if req.token else None) or (self.state.latest_prices.get(token) or {}).get("price") \
+                or book.positions[token]["entry_price"]
+            decimals = cfg.assets[token].sz_decimals if token in cfg.assets else 8
+            size = min(round(abs(position), decimals), abs(position))
+            violation = check_order(token=token, side=side, size=size, price=price, reduce_only=True,
+                                    position=position, report=book.report(token, price), daily_pnl=0.0,
+                                    day_start_equity=0.0, halted=None, limits=cfg.limits,
+                                    assets=cfg.assets, fee_bps=cfg.fee_bps)
+            if violation is not None:
+                out += self._reject(common, cloid, side, size, price, violation.violation_type, violation.reason,
+                                    violation.metrics, reduce_only=True)
+                continue
+            out += await self._submit(book, Order(account, token, side, size, price, cloid, req.timestamp,
+                                                  reduce_only=True),
+                                      common, f"force-close: {req.reason or 'requested'}", decision_price=price)
+        return out
