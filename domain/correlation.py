@@ -9,7 +9,8 @@ Two per-token series are aligned on 1-minute buckets (event time):
 
 A minute becomes a point once both values are final: its return is known when its close arrives,
 its sentiment when an update of a later minute arrives (the sentiment watermark passed it). A
-minute that ends up with only one of the two is dropped. Points older than 1 hour behind the
+minute that ends up with only one of the two is dropped, at the latest when its series is an hour
+further on (so one series without the other keeps at most an hour of pending values). Points older than 1 hour behind the
 newest point leave the window.
 
 Pearson's r is kept with running sums, updated in O(1) per point added or removed:
@@ -103,6 +104,8 @@ def add_sentiment(state: dict, ts_ms: int, bullish_pct: float, followers: int, c
         acc[0] += w
         acc[1] += w * bullish_pct
     state["s_wm"] = max(state["s_wm"], ts_ms)
+    for key in [k for k in state["s"] if int(k) <= _minute(state["s_wm"]) - WINDOW_MS]:
+        del state["s"][key]  # likewise for sentiment without prices
     return _pair(state)
 
 
@@ -115,10 +118,20 @@ def add_close(state: dict, minute_ms: int, close: float) -> list[Point]:
     if last is not None and last[1] > 0:
         state["ret"][str(minute_ms)] = close / last[1] - 1.0
     state["last"] = [minute_ms, close]
+    # a return an hour behind the latest close can no longer enter the window: without sentiment
+    # for its minute it would wait (and be sorted on every close) forever
+    ret = state["ret"]
+    while ret:  # keys were added in minute order
+        oldest = next(iter(ret))
+        if int(oldest) > minute_ms - WINDOW_MS:
+            break
+        del ret[oldest]
     return _pair(state)
 
 
 def _pair(state: dict) -> list[Point]:
+    if not state["s"] or not state["ret"]:
+        return []  # a point needs both
     s_done = _minute(state["s_wm"])  # sentiment of minutes before this one is final
     p_done = state["last"][0] if state["last"] else None  # returns up to this minute are known
     out: list[Point] = []

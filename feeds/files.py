@@ -101,12 +101,30 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
                     rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(row["symbol"]), price,
                                         qty if coin_qty else None, price * qty if coin_qty else qty * 100.0))
                 else:
-                    rows.append(TickRow(parse_time_ms(row["timestamp"]) + 60_000, token, float(row["close"]), None,
+                    rows.append(TickRow(parse_time_ms(row["timestamp"]), token, float(row["close"]), None,
                                         float(row["volume"])))
         except (KeyError, ValueError) as exc:
             raise FeedError(f"{path.name} line {reader.line_num}: {exc}") from None
+    if kind == "candles":
+        # a candle's close is its open time plus the interval (the shortest step between candles)
+        interval = candle_interval_ms(rows)
+        rows = [TickRow(r.ts_ms + interval, r.token, r.price, r.size, r.quote_volume) for r in rows]
     rows.sort(key=lambda r: r.ts_ms)
     return rows[:limit] if limit else rows
+
+
+def candle_interval_ms(rows: list[TickRow]) -> int:
+    """The candles' interval (ms): the shortest positive step between consecutive open times (weekends
+    and gaps are longer, never shorter); 60,000 for a single candle."""
+    times = sorted({r.ts_ms for r in rows})
+    steps = [b - a for a, b in zip(times, times[1:])]
+    return min(steps) if steps else 60_000
+
+
+def is_candle_file(path: str | Path) -> bool:
+    """Whether the file is OHLCV candles (by its header). Raises FeedError for a missing file."""
+    with _open_text(Path(path)) as fh:
+        return {"timestamp", "close", "volume"} <= set(csv.DictReader(fh).fieldnames or [])
 
 
 class RollingVolume:

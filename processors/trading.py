@@ -56,6 +56,9 @@ class TradingConfig:
     signal_min_score: float = 40.0
     correlation_boost: float = 0.25
     correlation_ttl_ms: int = 3_600_000
+    #: emit ``price.minute`` (the correlation join's price input); a backtest without sentiment
+    #: input turns it off, since nothing could pair with it
+    minute_closes: bool = True
 
     @classmethod
     def from_settings(cls, s) -> "TradingConfig":
@@ -121,14 +124,15 @@ class TradingProcessor:
         if ob is None:
             ob = self._open(token, partition)
         out: list = []
-        # 1-minute closes for the correlation join (a replay re-emits the same id, ignored there)
         ts = tick.timestamp
-        minute = ts - ts % BUCKET_MS
-        if ob.minute is not None and minute > ob.minute:
-            out.append(PriceMinute(event_id=derived_id("price.minute", token, ob.minute), timestamp=ob.minute,
-                                   token=token, source=AGENT, close=ob.minute_close))
-        if ob.minute is None or minute >= ob.minute:
-            ob.minute, ob.minute_close = minute, tick.price
+        if self.config.minute_closes:
+            # 1-minute closes for the correlation join (a replay re-emits the same id, ignored there)
+            minute = ts - ts % BUCKET_MS
+            if ob.minute is not None and minute > ob.minute:
+                out.append(PriceMinute(event_id=derived_id("price.minute", token, ob.minute), timestamp=ob.minute,
+                                       token=token, source=AGENT, close=ob.minute_close))
+            if ob.minute is None or minute >= ob.minute:
+                ob.minute, ob.minute_close = minute, tick.price
         length = self.config.bar_ms
         if ob.last_closed is not None and bar_start(ts, length) <= ob.last_closed:
             self.late += 1  # a bar already closed and stored: a late tick, or a replay after restart
