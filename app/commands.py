@@ -237,94 +237,170 @@ def _time_ms(value: str, name: str) -> int:
         fail(f"{name} must be ms since epoch or an ISO-8601 time, got {value!r}")
 
 
+class Speed(click.ParamType):
+    """A positive real-time multiple, or ``max`` (→ None: no pacing)."""
+
+    name = "speed"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "max":
+            return None
+        try:
+            speed = float(value)
+            if speed > 0 and speed != float("inf"):
+                return speed
+        except ValueError:
+            pass
+        self.fail(f"{value!r}: a positive number (a real-time multiple) or 'max'", param, ctx)
+
+
+class KeyValue(click.ParamType):
+    """``name=value``."""
+
+    name = "name=value"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, v = str(value).partition("=")
+        if not sep or not name.strip() or not v.strip():
+            self.fail(f"{value!r}: expected name=value", param, ctx)
+        return name.strip(), v.strip()
+
+
+def _rule_names() -> list[str]:
+    from domain.signals import RULE_SETS
+
+    return sorted(RULE_SETS)
+
+
 @app.command(
     option("--start", default=None, help="Start of the range (ms or ISO-8601 UTC), from the event store."),
     option("--end", default=None, help="End of the range (exclusive)."),
-    option("--file", default=None, help="Backtest a data file instead (trades or candles CSV)."),
-    option("--token", default=None, help="Token for candle files / only this token from the store."),
-    option("--agents", default="trading.rules", show_default=True, help="Signal agents that vote (comma separated)."),
-    option("--balance", default="100000", show_default=True, help="Starting balance (USD)."),
-    option("--rules", default=None, help="Trading rule set: default or sma_cross (default: TRADING_RULES)."),
-    option("--speed", default="max", show_default=True, help="Replay speed: a real-time multiple, or 'max'."),
+    option("--file", default=None, type=click.Path(dir_okay=False),
+           help="Backtest a data file instead (trades or candles CSV, optionally gzipped)."),
+    option("--token", default=None, help="Token for candle files / only this token."),
+    option("--engine", type=click.Choice(["inprocess", "kafka"]), default="inprocess",
+           help="inprocess: the processors in this process (no Kafka, no PostgreSQL needed for --file); "
+                "kafka: replay through an isolated worker (the end-to-end audit)."),
+    option("--rules", type=click.Choice(_rule_names()), default=None,
+           help="Rule set (default: TRADING_RULES)."),
+    option("--param", "params", type=KeyValue(), multiple=True,
+           help="Rule-set parameter, repeatable: --param fast=10 --param slow=30 (defaults: the rule set's)."),
+    option("--sweep", "sweeps", multiple=True,
+           help="Parameter grid, repeatable: --sweep fast=5:50:5 (stop included) or --sweep slow=20,50,100."),
+    option("--metric", default="sharpe",
+           type=click.Choice(["sharpe", "sortino", "total_return_pct", "annualised_return_pct", "max_drawdown_pct",
+                              "win_rate_pct", "profit_factor", "trades"]),
+           help="Sweep: the metric results are ranked by."),
+    option("--processes", type=click.IntRange(min=1, max=64), default=None,
+           help="Sweep: worker processes (default: the CPU count)."),
+    option("--agents", default="trading.rules", help="Signal agents that vote (comma separated)."),
+    option("--balance", type=click.FloatRange(min=0, min_open=True), default=100_000.0, help="Starting balance (USD)."),
+    option("--bar-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="Bar length (s); default: the candle interval for candle files, else BAR_SECONDS."),
+    option("--speed", type=Speed(), default="max", help="Kafka engine: a real-time multiple, or 'max'."),
     option("--out", default=None, help="Report folder (default .local/backtests/RUN_ID)."),
 )
-async def backtest(self, start: str | None, end: str | None, file: str | None, token: str | None, agents: str,
-                   balance: str, rules: str | None, speed: str, out: str | None) -> None:
-    """Replay history through the same agents, isolated from live trading, and report."""
-    import tempfile
+async def backtest(self, start: str | None, end: str | None, file: str | None, token: str | None, engine: str,
+                   rules: str | None, params: tuple, sweeps: tuple, metric: str, processes: int | None, agents: str,
+                   balance: float, bar_seconds: float | None, speed: float | None, out: str | None) -> None:
+    """Replay history through the same agents, isolated from live trading, and report (or sweep a
+    parameter grid)."""
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from backtest.runner import INPUT_TYPES, run_backtest, write_reports
+    from backtest import api
+    from backtest.engine import INPUT_TYPES
+    from backtest.report import write_reports
     from models.events import BacktestReport, derived_id
-    from store.eventstore import Row
-    from streams.sink import store
+    from store.eventstore import EventStore, Row
 
-    pace = parse_speed(speed)
-    try:
-        cash = float(balance)
-        if not cash > 0:
-            raise ValueError
-    except ValueError:
-        fail(f"--balance must be a number > 0 (USD), got {balance!r}")
     names = [a.strip() for a in agents.split(",") if a.strip()]
-    if not names:
-        fail("--agents needs at least one agent")
-    if rules not in (None, "default", "sma_cross"):
-        fail(f"--rules must be 'default' or 'sma_cross', got {rules!r}")
-    if file:
-        try:
-            rows = read_ticks(file, token=token.upper() if token else None)
-        except FeedError as exc:
-            fail(str(exc))
-        events = [{"event_id": str(derived_id("backtest.input", file, i)), "event_type": "price.tick",
-                   "timestamp": r.ts_ms, "token": r.token, "source": "backtest.file", "price": r.price,
-                   **({"size": r.size} if r.size is not None else {})} for i, r in enumerate(rows)]
-    else:
-        if not (start and end):
-            fail("give --start and --end (a range of the event store), or --file")
-        lo, hi = _time_ms(start, "--start"), _time_ms(end, "--end")
-        if hi <= lo:
-            fail("--end must be after --start")
-        events, cursor = [], None
-        try:
-            while True:
-                page, cursor = await store.query(lo, hi, token=token.upper() if token else None,
-                                                 event_types=list(INPUT_TYPES), limit=10_000, cursor=cursor)
-                events += [json.loads(r["data"]) for r in page]
-                if cursor is None:
-                    break
-        except Exception as exc:  # noqa: BLE001 - one line, no traceback
-            fail(f"cannot read the event store: {type(exc).__name__}: {exc}", 1)
-    if not events:
-        fail("nothing to replay in that range")
-    extra = {"TRADING_RULES": rules} if rules else {}
-    workdir = Path(tempfile.mkdtemp(prefix="moondev-backtest-"))
-    self.say(f"replaying {len(events):,} events through {names} (balance {cash:,.0f} USD, speed {speed})")
-    with tqdm(total=len(events), unit="ev", unit_scale=True, desc="replay") as bar:
-        result = await asyncio.get_running_loop().run_in_executor(None, lambda: run_backtest(
-            events, workdir=workdir, database_url=settings.database_url, kafka_broker=settings.kafka_broker,
-            balance=cash, agents=names, bar_seconds=settings.bar_seconds, speed=pace, settings=extra,
-            progress=bar.update))
+    unknown = [a for a in names if a not in api.VOTING_AGENTS]
+    if not names or unknown:
+        fail(f"--agents must name voting agents of {', '.join(api.VOTING_AGENTS)}, got {agents!r}")
+    if sweeps and engine != "inprocess":
+        fail("--sweep runs on the in-process engine only")
+    store = EventStore(settings.database_url)
+    try:
+        if file:
+            if start or end:
+                fail("give --file or --start/--end, not both")
+            data = api.load(file, token)
+        else:
+            if not (start and end):
+                fail("give --start and --end (a range of the event store), or --file")
+            lo, hi = _time_ms(start, "--start"), _time_ms(end, "--end")
+            if hi <= lo:
+                fail("--end must be after --start")
+            events, cursor = [], None
+            try:
+                while True:
+                    page, cursor = await store.query(lo, hi, token=token.upper() if token else None,
+                                                     event_types=list(INPUT_TYPES), limit=10_000, cursor=cursor)
+                    events += [json.loads(r["data"]) for r in page]
+                    if cursor is None:
+                        break
+            except Exception as exc:  # noqa: BLE001 - one line, no traceback
+                fail(f"cannot read the event store: {type(exc).__name__}: {exc}", 1)
+            if not events:
+                fail("nothing to replay in that range")
+            data = api.load(events)
+            data.source = f"event store {lo}..{hi}" + (f" {token.upper()}" if token else "")
+        bar = bar_seconds or (data.candle_ms / 1000.0 if data.candle_ms else settings.bar_seconds)
+        rule_params = dict(params)
+        rule_set = rules or settings.trading_rules
+        if sweeps:
+            grid = api.parse_grid(sweeps)
+            n = 1
+            for v in grid.values():
+                n *= len(v)
+            self.say(f"sweeping {n} combinations of {', '.join(grid)} for {rule_set} over {len(data.events):,} "
+                     f"events ({data.source}), ranked by {metric}")
+            df = api.sweep(data, rule_set, grid, metric=metric, processes=processes, agents=names, balance=balance,
+                           bar_seconds=bar, base_params=rule_params,
+                           **{k: v for k, v in settings.model_dump().items()
+                              if k not in api.NOT_RESULT and k not in ("trading_rules", "trading_params",
+                                                                       "initial_cash_usd", "bar_seconds")})
+            folder = Path(out) if out else Path(".local/backtests") / f"sweep-{uuid.uuid4().hex[:8]}"
+            paths = api.write_sweep(df, folder)
+            cols = [c for c in [*grid, metric, "total_return_pct", "max_drawdown_pct", "trades", "error"]
+                    if c in df.columns]
+            self.say(df[cols].head(10).to_string(index=False))
+            self.say("results: " + " ".join(str(p) for p in paths.values()))
+            return
+        s = api.backtest_settings(settings, agents=names, balance=balance, bar_seconds=bar, rules=rule_set,
+                                  params=rule_params if (rules or params) else None)
+        self.say(f"replaying {len(data.events):,} events ({data.source}) through {names} with {rule_set} "
+                 f"{api.resolve(s.trading_rules, s.trading_params)[1].model_dump()} on the {engine} engine "
+                 f"(balance {balance:,.0f} USD)")
+        with tqdm(total=len(data.events), unit="ev", unit_scale=True, desc="replay") as progress:
+            result = await api.arun(data, s, engine=engine, speed=speed, progress=progress.update, agents=names)
+    except api.BacktestError as exc:
+        fail(str(exc))
     folder = Path(out) if out else Path(".local/backtests") / result.run_id
-    json_path, html_path = write_reports(result, folder)
+    paths = write_reports(result, folder)
     report = result.report()
     ev = BacktestReport(event_id=derived_id("backtest.report", result.run_id), timestamp=int(time.time() * 1000),
                         source="backtest", run_id=result.run_id, params=report["params"],
-                        metrics=report["metrics"] | {"replay": report["replay"]})
+                        metrics=report["metrics"] | {"replay": report["replay"], "benchmark": {
+                            k: v for k, v in report["benchmark"].items() if k != "curve"}})
     try:
         await store.write([Row(ev.event_id, ev.event_type, ev.timestamp, None, encode_event(ev).decode(), ev.source)])
     except Exception as exc:  # noqa: BLE001
-        self.say(f"warning: report not stored in the event store: {type(exc).__name__}: {exc}")
+        self.say(f"note: report not stored in the event store ({type(exc).__name__}: {exc})")
     finally:
         await store.close()
     m = result.performance
-    self.say(f"{result.events:,} events in {result.replay_seconds:.1f} s = {result.events_per_second:,.0f} events/s "
-             f"({report['replay']['real_time_multiple']}x real time); return {m.total_return_pct:.2f}%, "
-             f"max drawdown {m.max_drawdown_pct:.2f}%, {m.trades} closed trades, win rate {m.win_rate_pct}, "
-             f"fees {m.fees_paid:.2f} USD")
-    self.say(f"reports: {json_path} {html_path}")
+    self.say(f"{result.events:,} events in {result.replay_seconds:.2f} s = {result.events_per_second:,.0f} events/s "
+             f"({report['replay']['real_time_multiple']}x real time); return {m.total_return_pct:.2f}% "
+             f"(buy and hold {result.benchmark['total_return_pct']:.2f}%), max drawdown {m.max_drawdown_pct:.2f}%, "
+             f"{m.trades} round trips, win rate {m.win_rate_pct}, fees {m.fees_paid:.2f} USD")
+    self.say("reports: " + " ".join(str(p) for p in paths.values()))
 
 
 @app.command()

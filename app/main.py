@@ -79,7 +79,11 @@ app = faust.App(
     topic_replication_factor=1,
     topic_partitions=5,
     consumer_auto_offset_reset="earliest",
-    autodiscover=False,
+    # The worker's features register themselves when Faust discovers these modules (at
+    # ``faust -A app ...``), not when ``app`` is imported: agents (streams/, which lists its
+    # modules), web views and CLI commands.
+    autodiscover=["streams", "app.web", "app.commands"],
+    origin="app",
     # Ack handling: an event's offset is committed only after every agent reading the topic
     # acked it (the event-store sink acks after its rows are committed).
     broker_commit_every=1000,

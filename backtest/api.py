@@ -95,6 +95,10 @@ def backtest_settings(base: BaseSettings | None = None, *, agents: Sequence[str]
     if params is not None:
         fields["trading_params"] = dict(params)
     try:
+        resolve(fields.get("trading_rules", "default"), fields.get("trading_params"))
+    except ParamError as exc:
+        raise BacktestError(str(exc)) from None
+    try:
         return BacktestSettings(**fields)
     except ParamError as exc:
         raise BacktestError(str(exc)) from None
@@ -152,8 +156,10 @@ def load(data, token: str | None = None) -> Data:
     if isinstance(data, (str, Path)):
         path = Path(data)
         try:
-            rows = read_ticks(path, token=token.upper() if token else None)
-            candle_ms = candle_interval_ms(rows) if is_candle_file(path) else None
+            candles = is_candle_file(path)
+            # a trades file names its symbols: there ``token`` only selects one
+            rows = read_ticks(path, token=token.upper() if token and candles else None)
+            candle_ms = candle_interval_ms(rows) if candles else None
         except FeedError as exc:
             raise BacktestError(str(exc)) from None
         events = [Tick(r.token, r.ts_ms, r.price, r.size, event_id=tick_id(str(path), i)) for i, r in enumerate(rows)]
@@ -170,7 +176,7 @@ def load(data, token: str | None = None) -> Data:
         col = "close" if "close" in df.columns else "Close"
         if col not in df.columns:
             raise BacktestError("the DataFrame needs a 'close' column")
-        times = pd.to_datetime(df[tcol], utc=True).astype("int64") // 1_000_000
+        times = (pd.to_datetime(df[tcol], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
         step = int(times.diff().dropna().min()) if len(times) > 1 else 60_000
         digest = hashlib.sha256(pd.util.hash_pandas_object(df[[tcol, col]], index=False).values.tobytes()).hexdigest()
         events = [Tick(token.upper(), int(t) + step, float(c), event_id=tick_id(f"dataframe:{digest}", i))
@@ -213,7 +219,8 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
         sentiment = any(e.event_type == "sentiment.update" for e in data.events)
         run = await InProcessEngine(settings, keep_outputs=keep_outputs, sentiment_input=sentiment).run(
             data.events, progress)
-        fills = [orjson.loads(encode_event(f)) for f in run.fills]
+        fills = sorted((orjson.loads(encode_event(f)) for f in run.fills),
+                       key=lambda f: (f["timestamp"], f.get("fill_id") or ""))
         seconds, counts = run.seconds, run.counts
     elif engine == "kafka":
         import tempfile

@@ -93,20 +93,6 @@ class Result:
                                                   "client_order_id")} for f in self.fills]}
 
 
-def _sample_ticks(ticks: Iterable[tuple[int, str, float]], bar_ms: int):
-    """(bar close ms, {token: last price}) at every bar close with a tick before it."""
-    last: dict[str, float] = {}
-    bucket = None
-    for ts, token, price in ticks:
-        b = ts - ts % bar_ms
-        if bucket is not None and b > bucket:
-            yield bucket + bar_ms, dict(last)
-        bucket = b
-        last[token] = price
-    if bucket is not None:
-        yield bucket + bar_ms, dict(last)
-
-
 def build(ticks: list[tuple[int, str, float]], fills: list[dict], balance: float, bar_ms: int
           ) -> tuple[list[int], list[float], list[bool], list[RoundTrip], float, dict, dict]:
     """Rebuild the account from its fills and mark it at each bar close.
@@ -114,18 +100,21 @@ def build(ticks: list[tuple[int, str, float]], fills: list[dict], balance: float
     ``ticks``: (ms, token, price) in time order. Returns (times ms, equity USD, exposed flags,
     round trips, fees USD, closes per token, buy-and-hold equity per sample)."""
     pf = new_portfolio(balance)
-    fills = sorted(fills, key=lambda f: (f["timestamp"], f.get("fill_id") or ""))
-    times, equity, exposed, trips, hold = [], [], [], [], []
+    fills = sorted(fills, key=lambda f: (f["timestamp"], f.get("fill_id") or ""))  # as both engines give them
+    times: list[int] = []
+    equity: list[float] = []
+    exposed: list[bool] = []
+    hold: list[float] = []
+    trips: list[RoundTrip] = []
     closes: dict[str, list[tuple[int, float]]] = {}
-    fi = 0
     first: dict[str, float] = {}
-    samples = list(_sample_ticks(ticks, bar_ms))
-    for i, (t, last) in enumerate(samples):
-        for tok, px in last.items():
-            closes.setdefault(tok, []).append((t, px))
-            first.setdefault(tok, px)
-        until = t if i < len(samples) - 1 else float("inf")  # the last sample takes every fill left
-        while fi < len(fills) and fills[fi]["timestamp"] <= until:
+    last: dict[str, float] = {}
+    positions = pf["positions"]
+    fi, n_fills = 0, len(fills)
+
+    def apply_until(t: float) -> None:
+        nonlocal fi
+        while fi < n_fills and fills[fi]["timestamp"] <= t:
             f = fills[fi]
             closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"],
                                 f["timestamp"], f.get("fill_id") or f["client_order_id"])
@@ -136,11 +125,29 @@ def build(ticks: list[tuple[int, str, float]], fills: list[dict], balance: float
                                        entry_ms, f["timestamp"], closed.entry_price, closed.exit_price, closed.pnl_usd,
                                        closed.pnl_usd / notional * 100.0 if notional else 0.0))
             fi += 1
+
+    def sample(t: int) -> None:
+        for tok, px in last.items():
+            closes.setdefault(tok, []).append((t, px))
+            if tok not in first:
+                first[tok] = px
         times.append(t)
-        equity.append(pf["cash"] + sum(p["size"] * last.get(tok, p["entry_price"]) for tok, p in pf["positions"].items()))
-        exposed.append(bool(pf["positions"]))
+        equity.append(pf["cash"] + sum(p["size"] * last.get(tok, p["entry_price"]) for tok, p in positions.items()))
+        exposed.append(bool(positions))
         # buy and hold: equal parts of the balance in every token seen so far, from its first close
-        hold.append(balance / max(1, len(first)) * sum(last[tok] / p0 for tok, p0 in first.items()))
+        hold.append(balance / len(first) * sum(last[tok] / p0 for tok, p0 in first.items()))
+
+    bucket = None
+    for ts, token, price in ticks:
+        b = ts - ts % bar_ms
+        if bucket is not None and b > bucket:
+            apply_until(bucket + bar_ms)
+            sample(bucket + bar_ms)
+        bucket = b
+        last[token] = price
+    if bucket is not None:
+        apply_until(float("inf"))  # the last sample takes every fill left
+        sample(bucket + bar_ms)
     return times, equity, exposed, trips, pf["fees_paid"], closes, {"equity": hold}
 
 
@@ -159,7 +166,7 @@ def result(run_id: str, params: dict, ticks: list[tuple[int, str, float]], fills
     benchmark = {"name": "buy and hold (equal parts, no fees)", "total_return_pct": (h[-1] / h[0] - 1.0) * 100.0,
                  "max_drawdown_pct": dd, "excess_return_pct": perf.total_return_pct - (h[-1] / h[0] - 1.0) * 100.0,
                  "curve": list(zip(times, h))}
-    return Result(run_id, params, perf, benchmark, sorted(fills, key=lambda f: f["timestamp"]), trips,
+    return Result(run_id, params, perf, benchmark, fills, trips,
                   list(zip(times, equity)), closes, events, max(seconds, 1e-9), (end - start) / 1000.0, counts or {})
 
 

@@ -40,7 +40,6 @@ async def _produce(conn: dict, prefix: str, events: list[dict], speed: float | N
                 wait = t0 + (ev["timestamp"] - first) / 1000.0 / speed - time.monotonic()
                 if wait > 0.001:
                     await asyncio.sleep(wait)
-            ev = dict(ev, ingest_ms=int(time.time() * 1000))
             await producer.send(prefix + TOPIC_OF_INPUT[ev["event_type"]], json.dumps(ev).encode(),
                                 key=ev["token"].encode())
             if i % 1000 == 999:

@@ -90,8 +90,10 @@ def resolve(name: str, params: Mapping[str, Any] | None = None) -> tuple[RuleSet
         return rs, rs.params.model_validate(dict(params or {}))
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        where = ".".join(map(str, err["loc"])) or "params"
-        raise ParamError(f"rule set {name!r}: {where}: {err['msg']}") from None
+        where = ".".join(map(str, err["loc"])) or "params"  # empty for a model-level check
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ParamError(f"rule set {name!r}: {msg}" if where == "params" else
+                         f"rule set {name!r}: {where}: {msg}") from None
 
 
 def describe(name: str) -> dict[str, dict]:

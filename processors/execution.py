@@ -14,6 +14,10 @@ emitted event has an id derived from the order or fill, so a replay re-emits ide
 the portfolio and the event store drop. Fills not yet applied to the portfolio are kept as
 in-flight quantities and counted in the position used for sizing and limits.
 
+Pre-trade checks and sizing value the account with the traded token at the order's reference
+price and every other position at its entry price (not the shared latest prices, which a replay
+may have moved past the decision), so the same decisions give the same orders at any replay speed.
+
 Closing orders (force-close, close-all) are reduce-only: they skip the halt flag, exposure,
 balance and minimum-notional checks. Revocation changes nothing: the state is in the stores.
 """
@@ -103,10 +107,10 @@ class _Book:
         return self.positions.get(token, {}).get("size", 0.0)
 
     def report(self, token: str, price: float):
-        marks = {t: (self.st.latest_prices.get(t) or {}).get("price") for t in self.positions}
-        marks[token] = price
-        return evaluate(self.cash, self.positions, {t: m for t, m in marks.items() if m}, self.cfg.assets,
-                        self.cfg.max_leverage)
+        # The traded token at the order's price, the others at their entry prices: a decision is
+        # sized and checked the same however far the price stream has run ahead of it (live, in a
+        # replay at any speed, in process); the risk processor marks to market on every tick.
+        return evaluate(self.cash, self.positions, {token: price}, self.cfg.assets, self.cfg.max_leverage)
 
 
 class ExecutionProcessor:

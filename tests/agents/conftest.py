@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import app as _app  # noqa: F401  (registers every agent and table)
+import streams  # noqa: F401  (registers every agent and table, as Faust's autodiscovery does)
 from app import main, runtime
 from processors.consensus import ConsensusState
 from processors.risk import RiskState

@@ -1,24 +1,31 @@
-"""Replay backtests through the real broker and the same agents.
+"""Backtests on both engines, against each other and against backtesting.py.
 
-- Cross-check: an SMA(20)/SMA(50) crossover on 3,000 real FTX BTC-PERP one-minute candles,
-  expressed through the agents (TRADING_RULES=sma_cross, one voting agent), gives the same trades,
-  and within stated conventions the same return, max drawdown and win rate, as backtesting.py
-  (an established independent backtester) on the same data and rules.
-- Parity: the same input replayed at full speed and paced gives the same fills.
+- Parity: the in-process engine's fills equal, field for field, those of the replay through a
+  Kafka worker at full speed and of a paced (live-like) replay, on real candles and on the bundled
+  real tick sample.
+- Cross-check: SMA crossovers through the agents give the same closed trades (bars, sides) and win
+  rate as backtesting.py (an established independent backtester), and within stated conventions
+  the same return and max drawdown: on 3,000 FTX BTC-PERP one-minute candles with SMA(20)/SMA(50)
+  (Kafka engine) and other periods on 1-minute and hourly bars (in-process engine).
 - The ``backtest`` command reads a range from the event store and stores a ``backtest.report``.
 
 Conventions for the cross-check: both trade at the close of the bar whose close completes the
 cross (backtesting.py ``trade_on_close=True``), reverse the position in one go, size the new
 position at 15 % of equity (POSITION_FRACTION 0.1 × the 1.5 boost for confidence > 0.8), pay 4.5 bp
-of notional per fill, no slippage. backtesting.py trades whole units, so prices are scaled by 1e-5
-(one unit = 0.00001 BTC, HyperLiquid's BTC size step). Our ticks sit at each candle's close time
-and a bar closes when the next tick arrives, so our fills are stamped two minutes after the
-candle's open time that backtesting.py reports. Closed trades only (the position still open at the
-end is not counted by either).
+of notional per fill, no slippage. backtesting.py trades whole units, so prices are scaled by 2^-17
+(one unit = 2^-17 BTC, about HyperLiquid's 0.00001 BTC size step). A power of two scales every sum
+and mean exactly: FTX prices are whole dollars, so SMAs of different periods can be exactly equal
+at a bar, and a decimal scale would turn such a tie into a cross one bar early in the reference. Both then
+see no cross through a tie (backtesting.py's ``crossover`` is strict, like ours), and the next
+cross of the same direction as the position held places no order in either. Our ticks sit at each candle's close time
+(open + interval) and a bar closes when the next tick arrives, so our fills are stamped two
+intervals after the candle's open time that backtesting.py reports. Closed trades only (the
+position still open at the end is not counted by either).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -28,13 +35,12 @@ import pandas as pd
 import pytest
 
 from app.local import FAUST, ROOT
-from backtest.runner import run_backtest
-from feeds.files import read_ticks
+from backtest import api
 
 N = 3000
-SETTINGS = {"TRADING_RULES": "sma_cross", "CONSENSUS_THRESHOLD": "50", "POSITION_FRACTION": "0.1",
-            "SLIPPAGE_BPS": "0", "FEE_BPS": "4.5", "DAILY_LOSS_LIMIT_PCT": "100",
-            "MAX_POSITION_NOTIONAL_USD": "1e9", "PRICE_ALERT_PCT": "50"}
+SETTINGS = {"consensus_threshold": 50, "position_fraction": 0.1, "slippage_bps": 0, "fee_bps": 4.5,
+            "daily_loss_limit_pct": 100, "max_position_notional_usd": 1e9, "price_alert_pct": 50}
+ENV = {k.upper(): str(v) for k, v in SETTINGS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +54,28 @@ def candles(candles_path, tmp_path_factory):
     return path
 
 
-def events_of(path: Path) -> list[dict]:
-    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{path}:{i}")), "event_type": "price.tick",
-             "timestamp": r.ts_ms, "token": r.token, "source": "test", "price": r.price}
-            for i, r in enumerate(read_ticks(path, token="BTC"))]
+def run(path, engine: str, rules="sma_cross", params=None, bar_seconds=60.0, token="BTC", speed=None, **extra):
+    data = api.load(path, token)
+    s = api.backtest_settings(agents=["trading.rules"], balance=100_000, bar_seconds=bar_seconds, rules=rules,
+                              params=params or {}, **{**SETTINGS, **extra})
+    return asyncio.run(api.arun(data, s, engine=engine, speed=speed))
 
 
 @pytest.fixture(scope="module")
-def ours(candles, tmp_path_factory, database_url):
-    return run_backtest(events_of(candles), workdir=tmp_path_factory.mktemp("bt-max"), database_url=database_url,
-                        kafka_broker="127.0.0.1:9092", balance=100_000, agents=["trading.rules"], bar_seconds=60,
-                        settings=SETTINGS)
+def kafka_run(candles, database_url):
+    return run(candles, "kafka")
 
 
-def reference(candles: Path):
+@pytest.fixture(scope="module")
+def inprocess_run(candles):
+    return run(candles, "inprocess")
+
+
+def reference(df: pd.DataFrame, fast: int, slow: int):
     from backtesting import Backtest, Strategy
     from backtesting.lib import crossover
 
-    df = pd.read_csv(candles, parse_dates=["timestamp"], index_col="timestamp")
-    scale = 1e-5
+    scale = 2.0 ** -17
     data = pd.DataFrame({"Open": df["open"] * scale, "High": df["high"] * scale, "Low": df["low"] * scale,
                          "Close": df["close"] * scale, "Volume": df["volume"]})
 
@@ -75,14 +84,15 @@ def reference(candles: Path):
 
     class SmaCross(Strategy):
         def init(self):
-            self.fast = self.I(sma, self.data.Close, 20)
-            self.slow = self.I(sma, self.data.Close, 50)
+            self.fast = self.I(sma, self.data.Close, fast)
+            self.slow = self.I(sma, self.data.Close, slow)
 
         def next(self):
-            if crossover(self.fast, self.slow):
+            # like the execution engine, a signal in the direction already held places no order
+            if crossover(self.fast, self.slow) and not self.position.is_long:
                 self.position.close()
                 self.buy(size=0.15)
-            elif crossover(self.slow, self.fast):
+            elif crossover(self.slow, self.fast) and not self.position.is_short:
                 self.position.close()
                 self.sell(size=0.15)
 
@@ -90,13 +100,12 @@ def reference(candles: Path):
     return bt.run()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_sma_cross_through_the_agents_matches_backtesting_py(ours, candles):
-    ref = reference(candles)
+def assert_matches_backtesting_py(ours, df: pd.DataFrame, fast: int, slow: int, interval_ms: int):
+    ref = reference(df, fast, slow)
     trades = ref["_trades"]
     m = ours.performance
     # the same trades: one fill per cross, at the same bar, in the same direction
-    ref_entries = [(int(t.value // 1_000_000) + 120_000, "BUY" if s > 0 else "SELL")
+    ref_entries = [(int(t.value // 1_000_000) + 2 * interval_ms, "BUY" if s > 0 else "SELL")
                    for t, s in zip(trades["EntryTime"], trades["Size"])]
     our_entries = [(f["timestamp"], f["side"]) for f in ours.fills]
     assert our_entries[:len(ref_entries)] == ref_entries
@@ -106,27 +115,69 @@ def test_sma_cross_through_the_agents_matches_backtesting_py(ours, candles):
     # returns and drawdown within 0.05 percentage points (sizes differ by the rounding of units)
     assert m.total_return_pct == pytest.approx(ref["Return [%]"], abs=0.05)
     assert m.max_drawdown_pct == pytest.approx(-ref["Max. Drawdown [%]"], abs=0.05)
-    print(f"ours: return {m.total_return_pct:.4f}%, max DD {m.max_drawdown_pct:.4f}%, win rate {m.win_rate_pct:.2f}% "
-          f"over {m.trades} trades; backtesting.py: {ref['Return [%]']:.4f}%, {-ref['Max. Drawdown [%]']:.4f}%, "
-          f"{ref['Win Rate [%]']:.2f}% over {ref['# Trades']}; replay {ours.events_per_second:,.0f} events/s")
+    print(f"SMA({fast})/SMA({slow}) ours: return {m.total_return_pct:.4f}%, max DD {m.max_drawdown_pct:.4f}%, "
+          f"win rate {m.win_rate_pct:.2f}% over {m.trades} trades; backtesting.py: {ref['Return [%]']:.4f}%, "
+          f"{-ref['Max. Drawdown [%]']:.4f}%, {ref['Win Rate [%]']:.2f}% over {ref['# Trades']}")
 
 
-def test_paced_and_full_speed_replays_give_the_same_fills(ours, candles, tmp_path, database_url):
-    paced = run_backtest(events_of(candles), workdir=tmp_path, database_url=database_url,
-                         kafka_broker="127.0.0.1:9092", balance=100_000, agents=["trading.rules"], bar_seconds=60,
-                         speed=12_000.0, settings=SETTINGS)  # 3,000 minutes in 15 s
-    key = ("timestamp", "side", "fill_price", "filled_amount", "fee", "client_order_id")
-    assert [tuple(f[k] for k in key) for f in paced.fills] == [tuple(f[k] for k in key) for f in ours.fills]
-    assert paced.performance == ours.performance
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sma_cross_through_the_kafka_worker_matches_backtesting_py(kafka_run, candles):
+    df = pd.read_csv(candles, parse_dates=["timestamp"], index_col="timestamp")
+    assert_matches_backtesting_py(kafka_run, df, 20, 50, 60_000)
+    print(f"kafka replay {kafka_run.events_per_second:,.0f} events/s")
+
+
+def test_in_process_engine_gives_the_kafka_replays_fills_on_candles(kafka_run, inprocess_run):
+    assert len(inprocess_run.fills) > 50
+    assert inprocess_run.fills == kafka_run.fills  # every field of every fill
+    assert inprocess_run.performance == kafka_run.performance
+
+
+def test_paced_kafka_replay_gives_the_same_fills(inprocess_run, candles, database_url):
+    paced = run(candles, "kafka", speed=12_000.0)  # 3,000 minutes in 15 s
+    assert paced.fills == inprocess_run.fills
+    assert paced.performance == inprocess_run.performance
+
+
+@pytest.mark.parametrize("token", ["BTC", "ETH"])
+def test_engines_agree_on_the_real_tick_sample(sample_path, database_url, token):
+    """Default rules on 1-second bars of real Binance trades of one token: in process, through
+    Kafka at full speed and paced at 20x real time, the same fills.
+
+    One token at a time: approvals of two tokens at the same event time come from different
+    consensus partitions and reach the execution engine in an order Kafka does not fix, and each
+    is sized on an equity that includes the other's fee (a fraction of a basis point of size)."""
+    kw = dict(rules="default", bar_seconds=1.0, token=token, consensus_threshold=70)
+    ours = run(sample_path, "inprocess", **kw)
+    assert len(ours.fills) >= 5 and {f["token"] for f in ours.fills} == {token}
+    assert run(sample_path, "kafka", **kw).fills == ours.fills
+    assert run(sample_path, "kafka", speed=20.0, **kw).fills == ours.fills
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("fast, slow, rule", [(12, 40, None), (7, 26, "1h")], ids=["1m-12-40", "1h-7-26"])
+def test_other_periods_and_bar_lengths_match_backtesting_py(candles_path, tmp_path, fast, slow, rule):
+    df = pd.read_csv(candles_path, parse_dates=["timestamp"], index_col="timestamp")
+    interval = 60_000
+    if not rule:
+        df = df.iloc[:8000]
+    else:  # the whole month as hourly bars
+        df = df.resample(rule, label="left", closed="left").agg(
+            {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}).dropna()
+        interval = int(pd.Timedelta(rule).total_seconds() * 1000)
+    path = tmp_path / "candles.csv"
+    df.to_csv(path)
+    ours = run(path, "inprocess", params={"fast": fast, "slow": slow}, bar_seconds=interval / 1000)
+    assert_matches_backtesting_py(ours, df, fast, slow, interval)
 
 
 def test_backtest_command_from_the_event_store(candles, tmp_path, fresh_database_url):
     database_url = fresh_database_url
-    import asyncio
-
     from store.eventstore import EventStore, Row
 
-    events = events_of(candles)[:600]
+    events = [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}")), "event_type": "price.tick",
+               "timestamp": e.timestamp, "token": e.token, "source": "test", "price": e.price}
+              for i, e in enumerate(api.load(candles, "BTC").events[:600])]
 
     async def load():
         store = EventStore(database_url)
@@ -138,14 +189,14 @@ def test_backtest_command_from_the_event_store(candles, tmp_path, fresh_database
             await store.close()
 
     asyncio.run(load())
-    env = {**__import__("os").environ, "DATABASE_URL": database_url, "BAR_SECONDS": "60",
-           **{k: v for k, v in SETTINGS.items() if k != "TRADING_RULES"}}
+    env = {**__import__("os").environ, "DATABASE_URL": database_url, "BAR_SECONDS": "60", **ENV}
     proc = subprocess.run([FAUST, "-A", "app", "backtest", "--start", str(events[0]["timestamp"]), "--end",
                            str(events[-1]["timestamp"] + 1), "--rules", "sma_cross", "--out", str(tmp_path / "r")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["replay"]["events"] == 600 and report["params"]["TRADING_RULES"] == "sma_cross"
+    assert report["replay"]["events"] == 600 and report["params"]["rules"] == "sma_cross"
+    assert report["params"]["settings"]["fee_bps"] == 4.5 and report["params"]["rule_params"] == {"fast": 20, "slow": 50}
     html = (tmp_path / "r" / "report.html").read_text()
     # self-contained, opens offline: plotly.js inlined (megabytes), no external script
     assert len(html) > 1_000_000 and "Plotly.newPlot" in html and "<script src=" not in html
@@ -160,3 +211,13 @@ def test_backtest_command_from_the_event_store(candles, tmp_path, fresh_database
 
     (saved,) = [r for r in asyncio.run(stored()) if r["run_id"] == report["run_id"]]
     assert saved["metrics"]["trades"] == report["metrics"]["trades"]
+
+
+def test_report_reproduces_the_run(inprocess_run, candles):
+    """Every setting that shaped the run is in the report: the same run from the report's settings
+    alone gives the same fills."""
+    p = inprocess_run.report()["params"]
+    s = api.BacktestSettings(**p["settings"])
+    again = asyncio.run(api.arun(api.load(Path(p["data"]["source"]), "BTC"), s))
+    assert again.fills == inprocess_run.fills
+    assert p["data"]["sha256"] and p["rule_params"] == {"fast": 20, "slow": 50}
