@@ -24,7 +24,7 @@ help:
 	@echo "make test     install, start Kafka + PostgreSQL, run pytest (unit, agent and integration tests)"
 	@echo "make up/down  start/stop the local Kafka broker and PostgreSQL server (and the worker)"
 	@echo "make stop     stop the worker started by make run"
-	@echo "make bench    whole-path, risk, signal and ingest benchmarks (bench/*.py)"
+	@echo "make bench    whole-path, risk, signal, ingest, store, dashboard and backtest benchmarks (bench/*.py)"
 
 $(BIN)/.installed: pyproject.toml
 	@py=$$(scripts/find-python.sh) && echo "using $$py" && \
@@ -100,6 +100,7 @@ bench: install up
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/backtest.py
 
 clean: down
 	rm -rf $(LOCAL)/faust-data $(LOCAL)/bench

@@ -125,9 +125,8 @@ class InProcessEngine:
         self.stores: dict[str, dict] = {name: {} for name in STORES}
         st = self.stores
         exposures = ExposureView(st["exposures"], refresh_s=float("inf"))
-        trading_config = TradingConfig.from_settings(s)
-        if not sentiment_input:
-            trading_config = dataclasses.replace(trading_config, minute_closes=False)
+        trading_config = dataclasses.replace(TradingConfig.from_settings(s), keep_view=False,
+                                             minute_closes=sentiment_input)
         self.trading = TradingProcessor(trading_config,
                                         TradingState(st["bar_history"], st["indicators"], st["correlations"],
                                                      st["halt"]))

@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 
 from app.local import SAMPLE  # noqa: E402
 from backtest import api  # noqa: E402
+from tests.reference import sma_cross_backtest  # noqa: E402
 
 CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles" / "ftx_btc_perp_1m_20211231_20220201.csv"
 SMA_SETTINGS = dict(consensus_threshold=50, position_fraction=0.1, slippage_bps=0, fee_bps=4.5,
@@ -53,32 +54,9 @@ def ours(data: api.Data, repeat: int, **kw) -> tuple[float, float, api.Result]:
 
 
 def backtesting_py(df: pd.DataFrame, repeat: int) -> tuple[float, int]:
-    from backtesting import Backtest, Strategy
-    from backtesting.lib import crossover
-
-    scale = 2.0 ** -17
-    data = pd.DataFrame({"Open": df["open"] * scale, "High": df["high"] * scale, "Low": df["low"] * scale,
-                         "Close": df["close"] * scale, "Volume": df["volume"]})
-
-    def sma(x, n):
-        return pd.Series(x).rolling(n).mean()
-
-    class SmaCross(Strategy):
-        def init(self):
-            self.fast = self.I(sma, self.data.Close, 20)
-            self.slow = self.I(sma, self.data.Close, 50)
-
-        def next(self):
-            if crossover(self.fast, self.slow) and not self.position.is_long:
-                self.position.close()
-                self.buy(size=0.15)
-            elif crossover(self.slow, self.fast) and not self.position.is_short:
-                self.position.close()
-                self.sell(size=0.15)
-
     best, trades = 0.0, 0
     for _ in range(repeat):
-        bt = Backtest(data, SmaCross, cash=100_000, commission=0.00045, trade_on_close=True, finalize_trades=False)
+        bt = sma_cross_backtest(df, 20, 50)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -104,7 +82,7 @@ def main() -> None:
 
     candles = api.load(CANDLES, "BTC")
     loop, whole, res = ours(candles, args.repeat, bar_seconds=60.0, rules="sma_cross", params={}, **SMA_SETTINGS)
-    df = pd.read_csv(CANDLES)
+    df = pd.read_csv(CANDLES, parse_dates=["timestamp"], index_col="timestamp")
     ref, ref_trades = backtesting_py(df, args.repeat)
     print(f"in-process, FTX candles ({len(candles.events):,} bars, SMA(20)/SMA(50)): {loop:,.0f} bars/s (engine loop), "
           f"{whole:,.0f} bars/s (whole run); {res.performance.trades} round trips")

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -105,15 +104,11 @@ async def bench_store(n_events: int) -> None:
 
 
 def bench_replay() -> None:
-    from backtest.runner import run_backtest
+    from backtest import api
 
-    s = get_settings()
-    events = [{"event_id": str(uuid.uuid4()), "event_type": "price.tick", "timestamp": r.ts_ms, "token": r.token,
-               "source": "bench", "price": r.price, **({"size": r.size} if r.size is not None else {})}
-              for r in read_ticks(SAMPLE)]
-    res = run_backtest(events, workdir=Path(tempfile.mkdtemp(prefix="moondev-bench-replay-")),
-                       database_url=s.database_url, kafka_broker=s.kafka_broker, balance=100_000,
-                       agents=["trading.rules"], bar_seconds=1, settings={"CONSENSUS_MIN_AGENTS": "1"})
+    data = api.load(SAMPLE)
+    settings = api.backtest_settings(get_settings(), bar_seconds=1.0)
+    res = asyncio.run(api.arun(data, settings, engine="kafka"))
     rep = res.report()["replay"]
     print(f"replay through Kafka: {rep['events']:,} events in {rep['seconds']} s = {rep['events_per_second']:,.0f} "
           f"events/s, {rep['real_time_multiple']}x the data's {rep['data_span_seconds']:.0f} s "

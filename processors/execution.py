@@ -51,7 +51,7 @@ class ExecutionConfig:
     are remembered."""
 
     limits: Limits = field(default_factory=lambda: Limits(3.0, 10.0, 50_000.0, 5.0, 10.0))
-    assets: Mapping[str, AssetSpec] = None  # type: ignore[assignment]
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
     fee_bps: float = 4.5
     max_leverage: float = 3.0
     sizing: Mapping[str, SizingRule] = field(default_factory=lambda: {"default": SizingRule()})
@@ -59,10 +59,6 @@ class ExecutionConfig:
     initial_cash_usd: float = 100_000.0
     exchange_retries: tuple[float, ...] = (0.2, 0.5, 1.0)
     submitted_memory: int = 500
-
-    def __post_init__(self):
-        if self.assets is None:
-            object.__setattr__(self, "assets", dict(DEFAULT_ASSETS))
 
     @classmethod
     def from_settings(cls, s) -> "ExecutionConfig":

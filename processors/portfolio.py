@@ -11,7 +11,7 @@ on every tick. Revocation changes nothing: the state is in the stores.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.portfolio import apply_fill, mark, new_portfolio, roll_day
 from domain.risk import DEFAULT_ASSETS, AssetSpec
@@ -24,12 +24,8 @@ class PortfolioConfig:
     """``initial_cash_usd`` of a new account; ``assets`` and ``max_leverage`` for marking."""
 
     initial_cash_usd: float = 100_000.0
-    assets: Mapping[str, AssetSpec] = None  # type: ignore[assignment]
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
     max_leverage: float = 3.0
-
-    def __post_init__(self):
-        if self.assets is None:
-            object.__setattr__(self, "assets", dict(DEFAULT_ASSETS))
 
     @classmethod
     def from_settings(cls, s) -> "PortfolioConfig":

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.halt import halt_transition
 from domain.orders import force_close_id
@@ -50,7 +50,7 @@ class RiskConfig:
 
     max_leverage: float = 3.0
     price_alert_pct: float = 5.0
-    assets: Mapping[str, AssetSpec] = None  # type: ignore[assignment]
+    assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
     cascade_daily_vol: float = 0.03
     cascade_default_daily_volume_usd: float = 1e9
     cascade_alert_pct_equity: float = 0.5
@@ -60,10 +60,6 @@ class RiskConfig:
     #: much: marks stay within 200 ms of the tape without a changelog message for every trade.
     price_refresh_ms: int = 200
     price_refresh_move: float = 0.0005
-
-    def __post_init__(self):
-        if self.assets is None:
-            object.__setattr__(self, "assets", dict(DEFAULT_ASSETS))
 
     @classmethod
     def from_settings(cls, s) -> "RiskConfig":
@@ -146,19 +142,29 @@ class RiskProcessor:
     def evaluate_account(self, account: str, exp: dict, tick: PriceTick) -> list:
         """Risk events for one exposed account after ``tick``."""
         st, cfg = self.state, self.config
-        marks = {t: self.mark_price(t) for t in exp["positions"]}
-        marks[tick.token] = tick.price
+        positions = exp["positions"]
+        if len(positions) == 1:
+            marks = {tick.token: tick.price}  # the only position is the tick's token
+        else:
+            marks = {t: m for t in positions if (m := self.mark_price(t))}
+            marks[tick.token] = tick.price
         t0 = time.perf_counter() if self.observe_evaluation else 0.0
-        r = evaluate(exp["cash"], exp["positions"], {t: p for t, p in marks.items() if p}, cfg.assets,
-                     cfg.max_leverage)
+        r = evaluate(exp["cash"], positions, marks, cfg.assets, cfg.max_leverage)
         if self.observe_evaluation:
             self.observe_evaluation(time.perf_counter() - t0)
-        common = dict(timestamp=tick.timestamp, token=tick.token, source="risk", account=account,
-                      correlation_id=tick.correlation_id or tick.event_id, ingest_ms=tick.ingest_ms)
         out: list = []
         last = st.alerted.get(account)
+        lev_alert = r.leverage > cfg.max_leverage and (last is None or tick.timestamp - last >= cfg.alert_every_ms)
+        pos = positions.get(tick.token)
+        pr = r.positions.get(tick.token)
+        if not lev_alert and (last is None or r.leverage > cfg.max_leverage) and (pr is None or not pr.critical):
+            ref = st.reference.get((account, tick.token, int(pos.get("opened_ms", 0)))) if pos else None
+            if pos is None or abs(tick.price / (ref or pos["entry_price"]) - 1.0) * 100.0 < cfg.price_alert_pct:
+                return out  # the common case: nothing to report on this tick
+        common = dict(timestamp=tick.timestamp, token=tick.token, source="risk", account=account,
+                      correlation_id=tick.correlation_id or tick.event_id, ingest_ms=tick.ingest_ms)
         if r.leverage > cfg.max_leverage:
-            if last is None or tick.timestamp - last >= cfg.alert_every_ms:
+            if lev_alert:
                 st.alerted[account] = tick.timestamp
                 out.append(RiskEvent(event_id=derived_id("risk.alert", "max_leverage", account, tick.event_id),
                                      event_type="risk.alert", severity="WARNING", violation_type="max_leverage",
@@ -169,8 +175,6 @@ class RiskProcessor:
             out.append(RiskEvent(event_id=derived_id("risk.ok", account, tick.event_id), event_type="risk.ok",
                                  severity="INFO", action_required="trading resumed", metrics=self._metrics(r),
                                  **common))
-        pos = exp["positions"].get(tick.token)
-        pr = r.positions.get(tick.token)
         if pos is None or pr is None:
             return out
         opened = int(pos.get("opened_ms", 0))

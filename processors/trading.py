@@ -59,6 +59,9 @@ class TradingConfig:
     #: emit ``price.minute`` (the correlation join's price input); a backtest without sentiment
     #: input turns it off, since nothing could pair with it
     minute_closes: bool = True
+    #: keep each token's last bar, indicators and signal in the ``indicators`` store (for the
+    #: worker's views; a backtest has no views)
+    keep_view: bool = True
 
     @classmethod
     def from_settings(cls, s) -> "TradingConfig":
@@ -173,9 +176,11 @@ class TradingProcessor:
         correlation_id = tick.correlation_id or tick.event_id
         if self.advisor is not None:
             self.advisor.advise(token, closed, bar_end, values, sig, correlation_id, tick.ingest_ms)
-        self.state.indicators[token] = {
-            "bar": closed.to_dict(), "bar_end": bar_end, "values": values,
-            "signal": {"action": sig.action, "score": sig.score, "confidence": sig.confidence, "reasons": sig.reasons}}
+        if cfg.keep_view:
+            self.state.indicators[token] = {
+                "bar": closed.to_dict(), "bar_end": bar_end, "values": values,
+                "signal": {"action": sig.action, "score": sig.score, "confidence": sig.confidence,
+                           "reasons": sig.reasons}}
         if sig.action == "HOLD" or sig.score < cfg.signal_min_score:
             return None
         if any_halted(self.state.halt):

@@ -9,15 +9,7 @@
   (Kafka engine) and other periods on 1-minute and hourly bars (in-process engine).
 - The ``backtest`` command reads a range from the event store and stores a ``backtest.report``.
 
-Conventions for the cross-check: both trade at the close of the bar whose close completes the
-cross (backtesting.py ``trade_on_close=True``), reverse the position in one go, size the new
-position at 15 % of equity (POSITION_FRACTION 0.1 × the 1.5 boost for confidence > 0.8), pay 4.5 bp
-of notional per fill, no slippage. backtesting.py trades whole units, so prices are scaled by 2^-17
-(one unit = 2^-17 BTC, about HyperLiquid's 0.00001 BTC size step). A power of two scales every sum
-and mean exactly: FTX prices are whole dollars, so SMAs of different periods can be exactly equal
-at a bar, and a decimal scale would turn such a tie into a cross one bar early in the reference. Both then
-see no cross through a tie (backtesting.py's ``crossover`` is strict, like ours), and the next
-cross of the same direction as the position held places no order in either. Our ticks sit at each candle's close time
+Conventions for the cross-check: :mod:`tests.reference`. Our ticks sit at each candle's close time
 (open + interval) and a bar closes when the next tick arrives, so our fills are stamped two
 intervals after the candle's open time that backtesting.py reports. Closed trades only (the
 position still open at the end is not counted by either).
@@ -36,6 +28,7 @@ import pytest
 
 from app.local import FAUST, ROOT
 from backtest import api
+from tests.reference import sma_cross_backtest
 
 N = 3000
 SETTINGS = {"consensus_threshold": 50, "position_fraction": 0.1, "slippage_bps": 0, "fee_bps": 4.5,
@@ -72,32 +65,7 @@ def inprocess_run(candles):
 
 
 def reference(df: pd.DataFrame, fast: int, slow: int):
-    from backtesting import Backtest, Strategy
-    from backtesting.lib import crossover
-
-    scale = 2.0 ** -17
-    data = pd.DataFrame({"Open": df["open"] * scale, "High": df["high"] * scale, "Low": df["low"] * scale,
-                         "Close": df["close"] * scale, "Volume": df["volume"]})
-
-    def sma(x, n):
-        return pd.Series(x).rolling(n).mean()
-
-    class SmaCross(Strategy):
-        def init(self):
-            self.fast = self.I(sma, self.data.Close, fast)
-            self.slow = self.I(sma, self.data.Close, slow)
-
-        def next(self):
-            # like the execution engine, a signal in the direction already held places no order
-            if crossover(self.fast, self.slow) and not self.position.is_long:
-                self.position.close()
-                self.buy(size=0.15)
-            elif crossover(self.slow, self.fast) and not self.position.is_short:
-                self.position.close()
-                self.sell(size=0.15)
-
-    bt = Backtest(data, SmaCross, cash=100_000, commission=0.00045, trade_on_close=True, finalize_trades=False)
-    return bt.run()
+    return sma_cross_backtest(df, fast, slow).run()
 
 
 def assert_matches_backtesting_py(ours, df: pd.DataFrame, fast: int, slow: int, interval_ms: int):

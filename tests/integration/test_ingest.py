@@ -34,7 +34,7 @@ async def test_ingest_command_publishes_every_trade_once(tmp_path):
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     assert server.finished.is_set() and server.connections == 2, text[-3000:]
-    seen = await read_topics("127.0.0.1:9092", [prefix + "price.ticks", prefix + "dead.letters"], 3.0)
+    seen = await read_topics({"bootstrap_servers": "127.0.0.1:9092"}, [prefix + "price.ticks", prefix + "dead.letters"], 3.0)
     ticks = [e for t, e in seen if t.endswith("price.ticks")]
     assert len(ticks) == len({e["event_id"] for e in ticks}) == len(trade_ids)
     assert {e["token"] for e in ticks} == {"ETH"} and all(e["source"] == "binance" for e in ticks)

@@ -43,7 +43,7 @@ def test_database_outage_keeps_trading_and_stores_everything_once_after(tmp_path
             deadline = time.monotonic() + 120
             while w.metrics().get("moondev_ticks_consumed_total", 0) < N_SAMPLE and time.monotonic() < deadline:
                 time.sleep(0.5)
-            fills = [e for _, e in asyncio.run(read_topics("127.0.0.1:9092", [prefix + "trade.executed"], 3.0))
+            fills = [e for _, e in asyncio.run(read_topics({"bootstrap_servers": "127.0.0.1:9092"}, [prefix + "trade.executed"], 3.0))
                      if e["event_type"] == "trade.executed"]
             assert fills, "the live path trades while the database is down"
             assert w.metrics().get("moondev_sink_errors_total", 0) > 0, "the sink noticed and retried"
