@@ -37,9 +37,13 @@ from dataclasses import dataclass, field
 
 from domain.halt import halt_transition
 from domain.orders import force_close_id
-from domain.risk import CRITICAL_BUFFER_PCT, DEFAULT_ASSETS, AssetSpec, RiskReport, cascade_impact_pct, evaluate
+from domain.risk import (CRITICAL_BUFFER_PCT, DEFAULT_ASSETS, AssetSpec, RiskReport, cascade_impact_pct, distance_pct,
+                         evaluate, liquidation_price)
 from models.events import LiquidationEvent, OrderEvent, PriceTick, RiskEvent, derived_id
 from processors.base import ExposureView, Store
+
+#: what domain.risk.evaluate assumes for a token without exchange metadata
+_DEFAULT_ASSET = AssetSpec(10, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +143,43 @@ class RiskProcessor:
                 "max_leverage": self.config.max_leverage, "risk_score": r.risk_score,
                 "margin_available": r.margin_available, "min_liquidation_distance_pct": r.min_distance_pct}
 
+    def _quiet(self, account: str, exp: dict, tick: PriceTick) -> bool:
+        """Whether an account whose only position is the tick's token has nothing to report on
+        this tick: :func:`domain.risk.evaluate`'s arithmetic for that case (the same expressions,
+        so the same floats), without building its report. False sends the tick through the full
+        evaluation."""
+        cfg, st = self.config, self.state
+        p = exp["positions"][tick.token]
+        if p.get("margin_mode", "cross") != "cross":
+            return False
+        t0 = time.perf_counter() if self.observe_evaluation else 0.0
+        m = tick.price
+        notional = p["size"] * m
+        gross = abs(notional)
+        equity = exp["cash"] + notional
+        leverage = gross / equity if equity > 0 else math.inf
+        mmr = cfg.assets.get(tick.token, _DEFAULT_ASSET).maintenance_rate
+        dist = distance_pct(m, liquidation_price(p["size"], m, equity - gross * mmr, mmr))
+        if self.observe_evaluation:
+            self.observe_evaluation(time.perf_counter() - t0)
+        if dist is not None and dist < CRITICAL_BUFFER_PCT:
+            return False
+        last = st.alerted.get(account)
+        if leverage > cfg.max_leverage:
+            if last is None or tick.timestamp - last >= cfg.alert_every_ms:
+                return False
+        elif last is not None:
+            return False
+        ref = st.reference.get((account, tick.token, int(p.get("opened_ms", 0)))) or p["entry_price"]
+        return abs(m / ref - 1.0) * 100.0 < cfg.price_alert_pct
+
     def evaluate_account(self, account: str, exp: dict, tick: PriceTick) -> list:
         """Risk events for one exposed account after ``tick``."""
         st, cfg = self.state, self.config
         positions = exp["positions"]
         if len(positions) == 1:
+            if self._quiet(account, exp, tick):
+                return []
             marks = {tick.token: tick.price}  # the only position is the tick's token
         else:
             marks = {t: m for t in positions if (m := self.mark_price(t))}

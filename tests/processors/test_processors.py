@@ -154,3 +154,38 @@ def test_processors_give_the_same_events_for_the_same_input_in_two_runs(sample_p
 
     first = run()
     assert first and first == run()
+
+
+def test_risk_processor_shortcut_for_one_position_answers_as_the_full_evaluation():
+    """The one-position shortcut (no report built while nothing is due) gives exactly the events of
+    the full evaluation, over random walks that cross the leverage, price-move and liquidation
+    thresholds, long and short."""
+    import random
+
+    rng = random.Random(7)
+
+    def run(shortcut: bool) -> list:
+        out = []
+        for walk in range(40):
+            exposures = ExposureView({}, refresh_s=float("inf"))
+            size = rng.choice([1.0, 5.0, 6.0, 6.5, 17.0]) * rng.choice([1, -1])
+            exposures.set("a", {"cash": 100_000.0 - size * 50_000.0,
+                                "positions": {"BTC": {"size": size, "entry_price": 50_000.0, "opened_ms": T0}}})
+            risk = RiskProcessor(RiskConfig(), RiskState({}, exposures))
+            if not shortcut:
+                risk._quiet = lambda *a: False
+            px = 50_000.0
+            for i in range(300):
+                px *= 1 + rng.gauss(0, 0.004)
+                t = PriceTick(event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{walk}:{i}"), timestamp=T0 + i * 1000,
+                              token="BTC", source="t", price=px)
+                out += [e.model_dump() for e in risk.process(t)]
+        return out
+
+    rng.seed(7)
+    fast = run(True)
+    rng.seed(7)
+    full = run(False)
+    kinds = {e["event_type"] for e in full} | {e.get("violation_type") for e in full}
+    assert {"risk.alert", "risk.ok", "risk.critical", "max_leverage", "price_move"} <= kinds
+    assert fast == full
