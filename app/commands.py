@@ -35,17 +35,26 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def parse_speed(value: str) -> float | None:
-    """``max`` → ``None`` (no pacing); a positive number → that multiple of real time."""
+def speed_of(value: str) -> float | None:
+    """``max`` → ``None`` (no pacing); a positive number → that multiple of real time.
+
+    Raises:
+        ValueError: anything else.
+    """
     if value.strip().lower() == "max":
         return None
-    try:
-        speed = float(value)
-    except ValueError:
-        speed = -1.0
+    speed = float(value)
     if not speed > 0 or speed == float("inf"):
-        fail(f"--speed must be a positive number (a real-time multiple) or 'max', got {value!r}")
+        raise ValueError(value)
     return speed
+
+
+def parse_speed(value: str) -> float | None:
+    """:func:`speed_of`, or a one-line error and exit 2."""
+    try:
+        return speed_of(value)
+    except ValueError:
+        fail(f"--speed must be a positive number (a real-time multiple) or 'max', got {value!r}")
 
 
 @app.command(
@@ -238,22 +247,17 @@ def _time_ms(value: str, name: str) -> int:
 
 
 class Speed(click.ParamType):
-    """A positive real-time multiple, or ``max`` (→ None: no pacing)."""
+    """A positive real-time multiple, or ``max`` (→ None: no pacing): :func:`speed_of`."""
 
     name = "speed"
 
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, float):
             return value
-        if str(value).strip().lower() == "max":
-            return None
         try:
-            speed = float(value)
-            if speed > 0 and speed != float("inf"):
-                return speed
+            return speed_of(value)
         except ValueError:
-            pass
-        self.fail(f"{value!r}: a positive number (a real-time multiple) or 'max'", param, ctx)
+            self.fail(f"{value!r}: a positive number (a real-time multiple) or 'max'", param, ctx)
 
 
 class KeyValue(click.ParamType):

@@ -26,8 +26,7 @@ def build_exchange(s=settings) -> Exchange:
         return HyperliquidExchange(s.hyperliquid_secret_key.get_secret_value(), s.hyperliquid_base_url,
                                    s.hyperliquid_account_address, taker_fee_bps=s.fee_bps)
     from exchanges.paper import PaperExchange
-    return PaperExchange(s.fee_bps, s.slippage_bps, s.paper_level_notional_usd, s.paper_level_step_bps,
-                         s.paper_max_levels, s.paper_latency_ms)
+    return PaperExchange.from_settings(s)
 
 
 def build_advisor():

@@ -136,8 +136,7 @@ class InProcessEngine:
         self.sentiment = SentimentProcessor(SentimentConfig.from_settings(s), st["sentiment_windows"])
         self.correlation = CorrelationProcessor(CorrelationConfig.from_settings(s), st["correlation_windows"],
                                                 st["correlations"])
-        self.exchange = PaperExchange(s.fee_bps, s.slippage_bps, s.paper_level_notional_usd, s.paper_level_step_bps,
-                                      s.paper_max_levels, 0.0)
+        self.exchange = PaperExchange.from_settings(s, latency_ms=0.0)
         self.execution = ExecutionProcessor(ExecutionConfig.from_settings(s),
                                             ExecutionState(st["execution_state"], st["portfolio"], st["halt"],
                                                            st["latest_prices"]), self.exchange)

@@ -34,6 +34,13 @@ class PaperExchange:
         self.max_levels, self.latency_ms = max_levels, latency_ms
         self._seen: OrderedDict[str, OrderResult] = OrderedDict()
 
+    @classmethod
+    def from_settings(cls, s, latency_ms: float | None = None) -> "PaperExchange":
+        """The paper book of the settings (:class:`core.settings.Settings`: FEE_BPS, SLIPPAGE_BPS,
+        PAPER_*); ``latency_ms`` overrides PAPER_LATENCY_MS."""
+        return cls(s.fee_bps, s.slippage_bps, s.paper_level_notional_usd, s.paper_level_step_bps, s.paper_max_levels,
+                   s.paper_latency_ms if latency_ms is None else latency_ms)
+
     async def start(self) -> None:
         pass
 

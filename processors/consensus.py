@@ -115,8 +115,6 @@ class ConsensusProcessor:
             self._rebuild()
         wms = cfg.window_ms
         out: list[ConsensusDecision] = []
-        if isinstance(partition, tuple):
-            partition = partition[-1]  # (topic, partition) from a runtime: the number is what is stored
         stream_time = st.stream_time[partition] = max(st.stream_time.get(partition, 0), sig.timestamp)
         opened = st.open.setdefault(partition, {})
         for token in [t for t, first in opened.items() if t != sig.token and stream_time > first + wms + cfg.grace_ms]:
