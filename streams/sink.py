@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 
+import asyncpg
 
 from app.main import TOPICS, app, dead_letter, settings
 from core.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
@@ -41,12 +42,34 @@ def to_row(value: bytes) -> Row:
                value.decode() if isinstance(value, bytes) else value, event.source)
 
 
+#: Pulsed by every successful write. A sink that could not reach the database retries at once
+#: when another sink's write gets through, so every topic resumes together when the database comes
+#: back instead of each sleeping out up to 10 s of its own backoff.
+write_succeeded = asyncio.Event()
+
+#: Failures that mean the database was unreachable (not that the rows were refused).
+UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.exceptions.OperatorInterventionError)
+
+
+async def _backoff(delay: float, exc: Exception) -> None:
+    if not isinstance(exc, UNREACHABLE):  # refused rows would only fail again: wait out the delay
+        await asyncio.sleep(delay)
+        return
+    try:
+        await asyncio.wait_for(write_succeeded.wait(), delay)
+    except asyncio.TimeoutError:
+        pass
+
+
 async def write_with_retry(rows: list[Row], topic: str) -> None:
     delay = 0.1
     while True:
         t0 = time.perf_counter()
         try:
             await store.write(rows)
+            write_succeeded.set()
+            write_succeeded.clear()
             dt = time.perf_counter() - t0
             SINK_BATCH_SECONDS.observe(dt)
             SINK_BATCH_ROWS.observe(len(rows))
@@ -59,7 +82,7 @@ async def write_with_retry(rows: list[Row], topic: str) -> None:
             SINK_ERRORS.inc()
             log.warning("event store write of %d rows from %s failed (%s: %s); retrying in %.1f s",
                         len(rows), topic, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
+            await _backoff(delay, exc)
             delay = min(delay * 2, 10.0)
 
 
