@@ -126,6 +126,14 @@ class Data:
     source: str
     sha256: str | None = None
     candle_ms: int | None = None
+    _types: frozenset | None = None
+
+    @property
+    def event_types(self) -> frozenset:
+        """The event types in ``events`` (computed once)."""
+        if self._types is None:
+            self._types = frozenset(e.event_type for e in self.events)
+        return self._types
 
     @property
     def span_ms(self) -> int:
@@ -191,8 +199,10 @@ def load(data, token: str | None = None) -> Data:
     return out
 
 
-def _ticks(events: Iterable) -> list[tuple[int, str, float]]:
-    return [(e.timestamp, e.token, e.price) for e in events if e.event_type == "price.tick"]
+def _ticks(events: list) -> tuple[list[int], list[str], list[float]]:
+    """The input ticks as columns: times (ms), tokens, prices (USD)."""
+    ticks = [e for e in events if e.event_type == "price.tick"]
+    return [e.timestamp for e in ticks], [e.token for e in ticks], [e.price for e in ticks]
 
 
 def _as_dict(ev) -> dict:
@@ -216,7 +226,7 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
 
     run_id = f"bt-{uuid.uuid4().hex[:8]}"
     if engine == "inprocess":
-        sentiment = any(e.event_type == "sentiment.update" for e in data.events)
+        sentiment = "sentiment.update" in data.event_types
         run = await InProcessEngine(settings, keep_outputs=keep_outputs, sentiment_input=sentiment).run(
             data.events, progress)
         fills = sorted((orjson.loads(encode_event(f)) for f in run.fills),
@@ -248,21 +258,29 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
                   int(settings.bar_seconds * 1000), len(data.events), seconds, counts)
 
 
-def _run_sync(coro):
-    """Run ``coro`` to completion, also from inside a running event loop (Jupyter): then in a
-    thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
+def run_sync(coro):
+    """Run ``coro`` to completion and return its value, also from inside a running event loop
+    (Jupyter): then in a thread of its own.
+
+    The value is passed back outside the loop's main task: when ``asyncio.run`` (Python 3.12)
+    restores its SIGINT handler, ``signal`` formats the handler's repr, which holds the main task
+    and so the repr of its result; for a backtest's result that costs as much as the run."""
     box: dict = {}
+
+    async def main():
+        box["value"] = await coro
 
     def target():
         try:
-            box["value"] = asyncio.run(coro)
+            asyncio.run(main())
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             box["error"] = exc
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(main())
+        return box["value"]
     t = threading.Thread(target=target, name="backtest")
     t.start()
     t.join()
@@ -341,7 +359,7 @@ def run_backtest(data, rules: str = "default", params: Mapping[str, Any] | None 
     bar = bar_seconds or ((d.candle_ms or 60_000) / 1000.0)
     s = backtest_settings(agents=agents, balance=balance, bar_seconds=bar, rules=rules, params=params or {},
                           **settings)
-    return BacktestResult(_run_sync(arun(d, s, engine=engine, speed=speed, agents=agents)))
+    return BacktestResult(run_sync(arun(d, s, engine=engine, speed=speed, agents=agents)))
 
 
 # ------------------------------------------------------------------ sweeps
@@ -400,7 +418,7 @@ def _sweep_one(args) -> dict:
     except BacktestError as exc:
         return row | {"error": str(exc)}
     t0 = time.perf_counter()
-    res = asyncio.run(arun(_worker_data, s, agents=agents))
+    res = run_sync(arun(_worker_data, s, agents=agents))
     return row | res.performance.to_dict() | {
         "buy_and_hold_return_pct": res.benchmark["total_return_pct"], "seconds": time.perf_counter() - t0}
 

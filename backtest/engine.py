@@ -24,11 +24,15 @@ notifier and the dashboard.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import operator
+from bisect import bisect_left
 import inspect
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from dataclasses import dataclass, field
 
 import orjson
@@ -116,12 +120,16 @@ class InProcessEngine:
     """The worker's processors over dicts, built from a settings object
     (:class:`core.settings.Settings`); ``keep_outputs`` keeps every emitted event."""
 
-    def __init__(self, settings, keep_outputs: bool = False, sentiment_input: bool = True):
+    def __init__(self, settings, keep_outputs: bool = False, sentiment_input: bool = True,
+                 precompute: bool = True):
         """``sentiment_input``: whether the input has sentiment updates (without them the
-        correlation join has nothing to pair, so the 1-minute price closes are not produced)."""
+        correlation join has nothing to pair, so the 1-minute price closes are not produced);
+        ``precompute``: compute the bars' indicators over the whole input at once
+        (:meth:`processors.trading.TradingProcessor.use_series`; the same signals)."""
         s = settings
         self.settings = s
         self.keep_outputs = keep_outputs
+        self.precompute = precompute
         self.stores: dict[str, dict] = {name: {} for name in STORES}
         st = self.stores
         exposures = ExposureView(st["exposures"], refresh_s=float("inf"))
@@ -179,8 +187,43 @@ class InProcessEngine:
 
     async def run(self, events: Iterable, progress=None) -> EngineRun:
         """Replay ``events`` (dicts, models or :class:`Tick`) in timestamp order; ``progress(n)``
-        is called every 10,000 inputs."""
-        inputs = sorted((as_input(e) for e in events), key=lambda e: e.timestamp)
+        is called every 10,000 inputs.
+
+        With ``precompute`` and an input of ticks only, runs of ticks on which no processor can
+        emit anything are taken at once: the trading processor knows from the precomputed bars
+        which tick closes the next bar its rules may signal on, the risk processor finds how many
+        ticks before that leave every account quiet (its own arithmetic over arrays), and both
+        take the run as they would have tick by tick (:meth:`TradingProcessor.skip_run`,
+        :meth:`RiskProcessor.skip_run`). Every other tick goes through the processors one by one."""
+        # The input's many live objects make every full collection of the cyclic garbage collector
+        # slow, while what the loop allocates is freed by reference counting: collect after the run.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return await self._run(events, progress)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _run(self, events: Iterable, progress) -> EngineRun:
+        inputs = [e if e.__class__ is Tick else as_input(e) for e in events]
+        times = [e.timestamp for e in inputs]
+        if any(map(operator.gt, times, islice(times, 1, None))):
+            inputs.sort(key=operator.attrgetter("timestamp"))  # stable: equal times keep their order
+        cfg = self.trading.config
+        skipper = None
+        if self.precompute:
+            ticks_only = all(ev.event_type == "price.tick" for ev in inputs)
+            ticks = inputs if ticks_only else [ev for ev in inputs if ev.event_type == "price.tick"]
+            by_token: dict[str, list] = {}
+            for k, ev in enumerate(ticks):
+                by_token.setdefault(ev.token, []).append(k)
+            ts, px, sz = [e.timestamp for e in ticks], [e.price for e in ticks], [e.size for e in ticks]
+            self.trading.use_series({tok: ([ts[k] for k in ks], [px[k] for k in ks], [sz[k] for k in ks])
+                                     for tok, ks in by_token.items()})
+            if (ticks_only and ticks and not cfg.keep_view and not cfg.minute_closes
+                    and self.trading.advisor is None and min(px) > 0):  # (the processors mark a 0 at entry)
+                skipper = _RunSkipper(ticks, ts, px, by_token, self.trading, self.risk)
         routes, topic_of = self.routes, TOPIC_OF_EVENT
         fills: list[TradeExecuted] = []
         outputs: list[Envelope] = []
@@ -188,8 +231,16 @@ class InProcessEngine:
         keep = self.keep_outputs
         tick_handlers = routes["price.ticks"]
         queue: deque = deque()
+        n_inputs = len(inputs)
+        reported = 0
+        i = 0
         t0 = time.perf_counter()
-        for i, ev in enumerate(inputs):
+        while i < n_inputs:
+            if skipper is not None:
+                i = skipper.skip_from(i)
+                if i >= n_inputs:
+                    break
+            ev = inputs[i]
             if ev.event_type == "price.tick":
                 # the hot path: both tick processors, then whatever they emitted
                 for handler in tick_handlers:
@@ -209,12 +260,75 @@ class InProcessEngine:
                         fills.append(out_ev)
                 for handler in routes.get(topic_of.get(et, ""), ()):
                     out = handler(out_ev)
-                    if inspect.isawaitable(out):
+                    if out.__class__ is not list and inspect.isawaitable(out):
                         out = await out
                     if out:
                         queue.extend(out)
-            if progress is not None and i % 10_000 == 9_999:
-                progress(10_000)
-        if progress is not None:
-            progress(len(inputs) % 10_000)
-        return EngineRun(fills, outputs, counts, len(inputs), time.perf_counter() - t0, self.stores)
+            i += 1
+            if progress is not None and i - reported >= 10_000:
+                progress(i - reported)
+                reported = i
+        if progress is not None and n_inputs > reported:
+            progress(n_inputs - reported)
+        #: input ticks taken in quiet runs rather than one by one (last run)
+        self.ticks_skipped = skipper.taken if skipper is not None else 0
+        return EngineRun(fills, outputs, counts, n_inputs, time.perf_counter() - t0, self.stores)
+
+
+class _RunSkipper:
+    """Finds and takes runs of input ticks on which no processor can emit (see
+    :meth:`InProcessEngine.run`). The risk check looks ahead in chunks that double while the ticks
+    stay quiet, so a busy stretch costs little more than the tick-by-tick path."""
+
+    def __init__(self, inputs: list, ts: list[int], px: list[float], where: dict[str, list[int]],
+                 trading: TradingProcessor, risk: RiskProcessor):
+        """``inputs``: the ticks; ``ts``, ``px`` their times and prices; ``where`` token -> the
+        indices of its ticks."""
+        import numpy as np
+
+        self.trading, self.risk = trading, risk
+        self.names = sorted(where)
+        code = {name: c for c, name in enumerate(self.names)}
+        self.tokens = [ev.token for ev in inputs]
+        self.ts, self.px = ts, px
+        self.vol = [ev.volume_1m or 0.0 for ev in inputs]
+        self.ts_a = np.array(ts, dtype=np.int64)
+        self.px_a = np.array(px, dtype=np.float64)
+        self.tok_a = np.zeros(len(ts), dtype=np.int64)
+        for name, ks in where.items():
+            self.tok_a[ks] = code[name]
+        self.where = where
+        self.chunk = 64
+        self.taken = 0  # ticks taken in quiet runs
+
+    def skip_from(self, i: int) -> int:
+        """Take the quiet runs from input ``i``; returns the index of the next tick to process
+        one by one (or the input's length)."""
+        n = len(self.ts)
+        while i < n:
+            hi = n
+            for name in self.names:
+                k = self.trading.next_signal_tick(name)
+                if k is not None:
+                    hi = min(hi, self.where[name][k])
+            if hi <= i:
+                return i
+            end = min(hi, i + self.chunk)
+            q = self.risk.quiet_run(self.ts_a[i:end], self.px_a[i:end], self.tok_a[i:end], self.names)
+            if q:
+                self._take(i, i + q)
+            if i + q < end:
+                self.chunk = 64
+                return i + q
+            self.chunk = min(self.chunk * 2, 16_384)
+            i = end
+        return i
+
+    def _take(self, i: int, j: int) -> None:
+        self.taken += j - i
+        for name in self.names:
+            where = self.where[name]
+            a, b = bisect_left(where, i), bisect_left(where, j)
+            if b > a:
+                self.trading.skip_run(name, a, b)
+        self.risk.skip_run(self.ts[i:j], self.px[i:j], self.vol[i:j], self.tokens[i:j])

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from domain.performance import Performance, drawdown, evaluate
 from domain.portfolio import apply_fill, new_portfolio
 
@@ -92,76 +94,92 @@ class Result:
                                                   "client_order_id")} for f in self.fills]}
 
 
-def build(ticks: list[tuple[int, str, float]], fills: list[dict], balance: float, bar_ms: int
+def build(ticks: tuple[list[int], list[str], list[float]], fills: list[dict], balance: float, bar_ms: int
           ) -> tuple[list[int], list[float], list[bool], list[RoundTrip], float, dict, dict]:
     """Rebuild the account from its fills and mark it at each bar close.
 
-    ``ticks``: (ms, token, price) in time order. Returns (times ms, equity USD, exposed flags,
-    round trips, fees USD, closes per token, buy-and-hold equity per sample)."""
+    ``ticks``: columns (times ms, tokens, prices USD) in time order. Returns (times ms, equity USD, exposed flags,
+    round trips, fees USD, closes per token, buy-and-hold equity per sample). The account is
+    rebuilt fill by fill; the marking is done for all bar closes at once (numpy)."""
     pf = new_portfolio(balance)
     fills = sorted(fills, key=lambda f: (f["timestamp"], f.get("fill_id") or ""))  # as both engines give them
-    times: list[int] = []
-    equity: list[float] = []
-    exposed: list[bool] = []
-    hold: list[float] = []
     trips: list[RoundTrip] = []
-    closes: dict[str, list[tuple[int, float]]] = {}
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
-    positions = pf["positions"]
-    fi, n_fills = 0, len(fills)
+    tick_ts, tick_tokens, tick_px = ticks
+    if not tick_ts:
+        return [], [], [], trips, 0.0, {}, {"equity": []}
+    tokens = sorted(set(tick_tokens))
+    col = {tok: j for j, tok in enumerate(tokens)}
+    # the account after 0, 1, ..., n fills: cash, and per token signed size and entry price
+    n = len(fills)
+    cash = np.empty(n + 1)
+    size = np.zeros((n + 1, len(tokens)))
+    entry = np.zeros((n + 1, len(tokens)))
+    cash[0] = balance
+    for i, f in enumerate(fills, start=1):
+        closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"],
+                            f["timestamp"], f.get("fill_id") or f["client_order_id"])
+        if closed is not None:
+            entry_ms = f["timestamp"] - int(closed.duration_s * 1000)
+            notional = abs(closed.size) * closed.entry_price
+            trips.append(RoundTrip(closed.token, "LONG" if closed.size > 0 else "SHORT", abs(closed.size),
+                                   entry_ms, f["timestamp"], closed.entry_price, closed.exit_price, closed.pnl_usd,
+                                   closed.pnl_usd / notional * 100.0 if notional else 0.0))
+        cash[i] = pf["cash"]
+        for tok, p in pf["positions"].items():
+            j = col.get(tok)
+            if j is not None:
+                size[i, j], entry[i, j] = p["size"], p["entry_price"]
+            else:  # a fill of a token without ticks is marked at its entry price
+                cash[i] += p["size"] * p["entry_price"]
+    ts = np.array(tick_ts, dtype=np.int64)
+    px = np.array(tick_px, dtype=np.float64)
+    if len(tokens) == 1:
+        tk = np.zeros(len(ts), dtype=np.int64)
+    else:
+        tk = np.array([col[tok] for tok in tick_tokens], dtype=np.int64)
+    bucket = ts - ts % bar_ms
+    # a sample at each bar close where a tick fell: after the last tick of each bucket
+    last = np.append(np.flatnonzero(np.diff(bucket)), len(ts) - 1)
+    times = bucket[last] + bar_ms
+    # fills up to each sample's time are applied (the last sample takes every fill left)
+    fill_ts = np.array([f["timestamp"] for f in fills], dtype=np.int64)
+    applied = np.searchsorted(fill_ts, times, side="right")
+    applied[-1] = n
+    marks = np.full((len(last), len(tokens)), np.nan)
+    idx = np.arange(len(ts))
+    for j in range(len(tokens)):
+        seen = np.where(tk == j, idx, -1)
+        latest = np.maximum.accumulate(seen)[last]  # the token's last tick at each sample
+        marks[:, j] = np.where(latest >= 0, px[np.maximum(latest, 0)], np.nan)
+    held, at = size[applied], entry[applied]
+    equity = cash[applied] + (held * np.where(np.isnan(marks), at, marks)).sum(axis=1)
+    exposed = (held != 0).any(axis=1)
+    seen_tok = ~np.isnan(marks)
+    first_idx = seen_tok.argmax(axis=0)
+    first = marks[first_idx, np.arange(len(tokens))]
+    count = seen_tok.sum(axis=1)
+    ratio = np.where(seen_tok, marks / first, 0.0).sum(axis=1)
+    hold = balance / np.maximum(count, 1) * ratio
+    t_list = times.tolist()
+    closes = {}
+    for j, tok in enumerate(tokens):
+        where = seen_tok[:, j]
+        closes[tok] = list(zip(times[where].tolist(), marks[where, j].tolist()))
+    return (t_list, equity.tolist(), exposed.tolist(), trips, pf["fees_paid"], closes, {"equity": hold.tolist()})
 
-    def apply_until(t: float) -> None:
-        nonlocal fi
-        while fi < n_fills and fills[fi]["timestamp"] <= t:
-            f = fills[fi]
-            closed = apply_fill(pf, f["token"], f["side"], f["filled_amount"], f["fill_price"], f["fee"],
-                                f["timestamp"], f.get("fill_id") or f["client_order_id"])
-            if closed is not None:
-                entry_ms = f["timestamp"] - int(closed.duration_s * 1000)
-                notional = abs(closed.size) * closed.entry_price
-                trips.append(RoundTrip(closed.token, "LONG" if closed.size > 0 else "SHORT", abs(closed.size),
-                                       entry_ms, f["timestamp"], closed.entry_price, closed.exit_price, closed.pnl_usd,
-                                       closed.pnl_usd / notional * 100.0 if notional else 0.0))
-            fi += 1
 
-    def sample(t: int) -> None:
-        for tok, px in last.items():
-            closes.setdefault(tok, []).append((t, px))
-            if tok not in first:
-                first[tok] = px
-        times.append(t)
-        equity.append(pf["cash"] + sum(p["size"] * last.get(tok, p["entry_price"]) for tok, p in positions.items()))
-        exposed.append(bool(positions))
-        # buy and hold: equal parts of the balance in every token seen so far, from its first close
-        hold.append(balance / len(first) * sum(last[tok] / p0 for tok, p0 in first.items()))
-
-    bucket = None
-    for ts, token, price in ticks:
-        b = ts - ts % bar_ms
-        if bucket is not None and b > bucket:
-            apply_until(bucket + bar_ms)
-            sample(bucket + bar_ms)
-        bucket = b
-        last[token] = price
-    if bucket is not None:
-        apply_until(float("inf"))  # the last sample takes every fill left
-        sample(bucket + bar_ms)
-    return times, equity, exposed, trips, pf["fees_paid"], closes, {"equity": hold}
-
-
-def result(run_id: str, params: dict, ticks: list[tuple[int, str, float]], fills: list[dict], balance: float,
-           bar_ms: int, events: int, seconds: float, counts: dict | None = None) -> Result:
-    """Measure a run (see the module's conventions)."""
+def result(run_id: str, params: dict, ticks: tuple[list[int], list[str], list[float]], fills: list[dict],
+           balance: float, bar_ms: int, events: int, seconds: float, counts: dict | None = None) -> Result:
+    """Measure a run (see the module's conventions); ``ticks`` as :func:`build` takes them."""
     times, equity, exposed, trips, fees, closes, hold = build(ticks, fills, balance, bar_ms)
-    start = ticks[0][0] if ticks else 0
-    end = ticks[-1][0] if ticks else 0
+    start = ticks[0][0] if ticks[0] else 0
+    end = ticks[0][-1] if ticks[0] else 0
     if len(times) < 2:
         times, equity, exposed, hold = [start, end or start + 1], [balance, balance], [False, False], \
             {"equity": [balance, balance]}
     perf = evaluate(times, equity, exposed, [t.pnl_usd for t in trips], fees)
     h = hold["equity"]
-    dd, _ = drawdown(h, [t / 1000.0 for t in times])
+    dd, _ = drawdown(h, [t / 1000.0 for t in times] if len(times) < 1000 else np.asarray(times) / 1000.0)
     benchmark = {"name": "buy and hold (equal parts, no fees)", "total_return_pct": (h[-1] / h[0] - 1.0) * 100.0,
                  "max_drawdown_pct": dd, "excess_return_pct": perf.total_return_pct - (h[-1] / h[0] - 1.0) * 100.0,
                  "curve": list(zip(times, h))}

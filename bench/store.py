@@ -108,7 +108,7 @@ def bench_replay() -> None:
 
     data = api.load(SAMPLE)
     settings = api.backtest_settings(get_settings(), bar_seconds=1.0)
-    res = asyncio.run(api.arun(data, settings, engine="kafka"))
+    res = api.run_sync(api.arun(data, settings, engine="kafka"))
     rep = res.report()["replay"]
     print(f"replay through Kafka: {rep['events']:,} events in {rep['seconds']} s = {rep['events_per_second']:,.0f} "
           f"events/s, {rep['real_time_multiple']}x the data's {rep['data_span_seconds']:.0f} s "

@@ -198,3 +198,70 @@ def warm(closes: Sequence[float], spec: IndicatorSpec = DEFAULT_SPEC) -> tuple[d
     for c in closes:
         values = update(state, c, spec)
     return state, values
+
+
+# ------------------------------------------------------------------ whole series at once
+def exact_window_sums(closes, n: int):
+    """Correctly rounded sums of every window of ``n`` consecutive ``closes`` (float64 array),
+    equal bit for bit to ``math.fsum`` of each window, or ``None`` when the series' binary
+    exponents spread too far for the method (prices over a range wider than about 500×).
+
+    Method: every value is an integer multiple of the smallest ulp in the series, so scaled by
+    that power of two each is an exact int64 (while the exponents span at most 9 binades). Window
+    sums of the high and low 32-bit halves are exact integer differences of cumulative sums; the
+    float of ``hi · 2³² + lo`` is then one IEEE addition of two exact doubles, which rounds the
+    exact sum correctly, as ``fsum`` does (both round half to even). Scaling back by a power of
+    two is exact. Element ``i`` is the window ending at ``i`` (NaN for ``i < n - 1``).
+    """
+    import numpy as np
+
+    a = np.asarray(closes, dtype=np.float64)
+    out = np.full(len(a), np.nan)
+    if len(a) < n:
+        return out
+    nz = a[a != 0.0]
+    if len(nz) == 0:
+        out[n - 1:] = 0.0
+        return out
+    _, exps = np.frexp(nz)
+    e_min = int(exps.min()) - 53
+    if int(exps.max()) - e_min > 62:
+        return None
+    ints = np.ldexp(a, -e_min).astype(np.int64)
+    hi, lo = ints >> 32, ints & 0xFFFFFFFF
+    zero = np.zeros(1, dtype=np.int64)
+    chi, clo = np.concatenate([zero, np.cumsum(hi)]), np.concatenate([zero, np.cumsum(lo)])
+    s_hi, s_lo = chi[n:] - chi[:-n], clo[n:] - clo[:-n]
+    s_hi += s_lo >> 32  # carry, so 0 <= s_lo < 2^32 and both halves are exact doubles
+    s_lo &= 0xFFFFFFFF
+    out[n - 1:] = np.ldexp(np.ldexp(s_hi.astype(np.float64), 32) + s_lo.astype(np.float64), e_min)
+    return out
+
+
+def series(closes, spec: IndicatorSpec = DEFAULT_SPEC) -> dict:
+    """Every bar's indicators from a whole series of bar closes (oldest first, USD): what
+    :func:`update` gives at each bar from a new state, bit for bit, as float64 arrays (NaN where it
+    gives ``None``). Keys as :func:`update`'s.
+
+    The SMAs of an SMA-only spec are computed at once (:func:`exact_window_sums`, divided by the
+    period as :func:`update` does); any other spec, or a series the exact sums cannot take, runs
+    :func:`update` bar by bar. For a runtime that holds the whole input (the backtest engine)."""
+    import numpy as np
+
+    a = np.asarray(closes, dtype=np.float64)
+    sma_only = spec.ema is None and spec.rsi is None and spec.macd is None and spec.bb is None
+    if sma_only:
+        out = {"close": a}
+        for p in spec.sma:
+            sums = exact_window_sums(a, p)
+            if sums is None:
+                break
+            sma = sums / p
+            out[f"sma_{p}"] = sma
+            out[f"sma_{p}_prev"] = np.concatenate([[np.nan], sma[:-1]])
+        else:
+            return out
+    state = new_state()
+    rows = [update(state, c, spec) for c in a.tolist()]
+    keys = rows[0].keys() if rows else ["close"]
+    return {k: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64) for k in keys}

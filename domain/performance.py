@@ -44,18 +44,26 @@ class Performance:
 
 
 def drawdown(equity: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
-    """(max drawdown %, longest drawdown duration in seconds)."""
-    peak, peak_t = -math.inf, times_s[0] if times_s else 0.0
-    max_dd, longest = 0.0, 0.0
-    for e, t in zip(equity, times_s):
-        if e >= peak:
-            longest = max(longest, t - peak_t)
-            peak, peak_t = e, t
-        elif peak > 0:
-            max_dd = max(max_dd, (peak - e) / peak * 100.0)
-    if times_s and equity and equity[-1] < peak:
-        longest = max(longest, times_s[-1] - peak_t)
-    return max_dd, longest
+    """(max drawdown %, longest drawdown duration in seconds). A sample at or above every earlier
+    one is a peak (the first always is); a fall is measured from the last peak while that peak is
+    positive; a drawdown lasts from a peak to the next peak, or to the end if equity ends below
+    its peak."""
+    import numpy as np
+
+    e = np.asarray(equity, dtype=np.float64)
+    t = np.asarray(times_s, dtype=np.float64)
+    if len(e) == 0 or len(t) == 0:
+        return 0.0, 0.0
+    peak = np.concatenate([[-math.inf], np.maximum.accumulate(e)[:-1]])  # the peak before each sample
+    at_peak = e >= peak
+    falls = ~at_peak & (peak > 0)
+    with np.errstate(all="ignore"):
+        max_dd = float(((peak[falls] - e[falls]) / peak[falls] * 100.0).max()) if falls.any() else 0.0
+    peaks_t = t[at_peak]
+    longest = float(np.diff(peaks_t).max()) if len(peaks_t) > 1 else 0.0
+    if not at_peak[-1]:  # ends below its peak
+        longest = max(longest, float(t[-1] - peaks_t[-1]))
+    return max(max_dd, 0.0), max(longest, 0.0)
 
 
 def evaluate(times_ms: Sequence[int], equity: Sequence[float], exposed: Sequence[bool], trade_pnls: Sequence[float],
@@ -67,16 +75,20 @@ def evaluate(times_ms: Sequence[int], equity: Sequence[float], exposed: Sequence
     """
     if len(equity) < 2 or len(times_ms) != len(equity) or len(exposed) != len(equity):
         raise ValueError("need an equity curve of at least two samples, with times and exposure flags alike")
-    t = [x / 1000.0 for x in times_ms]
-    span = t[-1] - t[0]
-    rets = [equity[i] / equity[i - 1] - 1.0 for i in range(1, len(equity)) if equity[i - 1] > 0]
+    import numpy as np
+
+    t = np.asarray(times_ms, dtype=np.float64) / 1000.0
+    e = np.asarray(equity, dtype=np.float64)
+    span = float(t[-1] - t[0])
+    prev = e[:-1]
+    rets = e[1:][prev > 0] / prev[prev > 0] - 1.0
     total = equity[-1] / equity[0] - 1.0
-    periods = YEAR_S / (span / len(rets)) if span > 0 and rets else None
+    periods = YEAR_S / (span / len(rets)) if span > 0 and len(rets) else None
     sharpe = sortino = None
     if periods and len(rets) > 1:
-        mean = sum(rets) / len(rets)
-        sd = math.sqrt(sum((r - mean) ** 2 for r in rets) / (len(rets) - 1))
-        dd = math.sqrt(sum(min(r, 0.0) ** 2 for r in rets) / len(rets))
+        mean = float(rets.mean())
+        sd = float(rets.std(ddof=1))
+        dd = math.sqrt(float((np.minimum(rets, 0.0) ** 2).mean()))
         sharpe = mean / sd * math.sqrt(periods) if sd > 0 else None
         sortino = mean / dd * math.sqrt(periods) if dd > 0 else None
     annual = (1.0 + total) ** (YEAR_S / span) - 1.0 if span > 0 and total > -1 else None
@@ -85,7 +97,7 @@ def evaluate(times_ms: Sequence[int], equity: Sequence[float], exposed: Sequence
     max_dd, dd_s = drawdown(equity, t)
     wins = [p for p in trade_pnls if p > 0]
     losses = [p for p in trade_pnls if p < 0]
-    busy = sum(t[i + 1] - t[i] for i in range(len(t) - 1) if exposed[i])
+    busy = float(np.diff(t)[np.asarray(exposed[:-1], dtype=bool)].sum())
     return Performance(
         start_equity=equity[0], end_equity=equity[-1], total_return_pct=total * 100.0,
         annualised_return_pct=annual * 100.0 if annual is not None else None, sharpe=sharpe, sortino=sortino,

@@ -57,17 +57,24 @@ class RuleSet:
     evaluate: Callable[[Mapping[str, float | None], Any], RuleSignal]
     indicators: Callable[[Any], IndicatorSpec]
     doc: str
+    #: Optional ``(series, params) -> bool array``: the bars of a whole series
+    #: (:func:`domain.indicators.series`) on which ``evaluate`` may answer BUY or SELL. A runtime
+    #: holding the whole input evaluates only those bars; every other bar is HOLD. Must never
+    #: leave out a bar ``evaluate`` would signal on (tested against it).
+    may_signal: Callable[[Mapping[str, Any], Any], Any] | None = None
 
 
 #: name -> registered rule set
 RULE_SETS: dict[str, RuleSet] = {}
 
 
-def rule_set(name: str, params: type[RuleParams], indicators: Callable[[Any], IndicatorSpec]):
-    """Register the decorated ``evaluate(values, params) -> RuleSignal`` as rule set ``name``."""
+def rule_set(name: str, params: type[RuleParams], indicators: Callable[[Any], IndicatorSpec],
+             may_signal: Callable[[Mapping[str, Any], Any], Any] | None = None):
+    """Register the decorated ``evaluate(values, params) -> RuleSignal`` as rule set ``name``
+    (``may_signal``: see :class:`RuleSet`)."""
 
     def register(fn):
-        RULE_SETS[name] = RuleSet(name, params, fn, indicators, (fn.__doc__ or "").strip())
+        RULE_SETS[name] = RuleSet(name, params, fn, indicators, (fn.__doc__ or "").strip(), may_signal)
         return fn
 
     return register
@@ -202,8 +209,14 @@ class SmaCrossParams(RuleParams):
         return self
 
 
+def _sma_crosses(v: Mapping[str, Any], p: SmaCrossParams):
+    f, s = f"sma_{p.fast}", f"sma_{p.slow}"
+    s20, s50, p20, p50 = v[f], v[s], v[f"{f}_prev"], v[f"{s}_prev"]
+    return ((p20 < p50) & (s20 > s50)) | ((p20 > p50) & (s20 < s50))  # NaN compares false: HOLD
+
+
 @rule_set("sma_cross", SmaCrossParams,
-          lambda p: IndicatorSpec(sma=(p.fast, p.slow), ema=None, rsi=None, macd=None, bb=None))
+          lambda p: IndicatorSpec(sma=(p.fast, p.slow), ema=None, rsi=None, macd=None, bb=None), _sma_crosses)
 def sma_cross(ind: Mapping[str, float | None], p: SmaCrossParams = SmaCrossParams()) -> RuleSignal:
     """SMA(fast)/SMA(slow) crossover: BUY on a golden cross, SELL on a death cross."""
     f, s = f"sma_{p.fast}", f"sma_{p.slow}"

@@ -12,6 +12,7 @@ carried along the chain so tick-to-fill latency can be measured on replayed (his
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Annotated, Any, Literal, Union
 
@@ -26,9 +27,25 @@ def new_event_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+_NAMESPACE_SHA1 = hashlib.sha1(EVENT_NAMESPACE.bytes)
+#: RFC 4122 version 5 and variant bits, as uuid.uuid5 sets them
+_V5_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_V5_SET = (0x8000 << 48) | (5 << 76)
+
+
 def derived_id(*parts: object) -> uuid.UUID:
-    """Deterministic UUID (uuid5) from parts, for ids that must be equal on retry and replay."""
-    return uuid.uuid5(EVENT_NAMESPACE, ":".join(str(p) for p in parts))
+    """Deterministic UUID (uuid5 in ``EVENT_NAMESPACE`` of the parts joined by ``:``), for ids
+    that must be equal on retry and replay.
+
+    The value of ``uuid.uuid5`` (tested), computed with fewer steps since every event a processor
+    emits derives its id here: the namespace is hashed once, and the UUID is filled in as
+    ``UUID.__init__`` would after its argument checks, which a SHA-1 digest always passes."""
+    h = _NAMESPACE_SHA1.copy()
+    h.update(":".join([p if p.__class__ is str else str(p) for p in parts]).encode())
+    u = object.__new__(uuid.UUID)
+    object.__setattr__(u, "int", (int.from_bytes(h.digest()[:16]) & _V5_CLEAR) | _V5_SET)
+    object.__setattr__(u, "is_safe", uuid.SafeUUID.unknown)
+    return u
 
 
 Side = Literal["BUY", "SELL"]

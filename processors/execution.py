@@ -86,8 +86,8 @@ class _Book:
         self.cfg = cfg
         self.state = st.execution_state.get(account) or {"inflight": {}, "submitted": []}
         self.pf = st.portfolio.get(account) or new_portfolio(cfg.initial_cash_usd)
-        self.applied = set(self.pf["applied"])
-        self.state["inflight"] = {k: v for k, v in self.state["inflight"].items() if k not in self.applied}
+        applied = self.pf["applied"]  # a list; the few fills in flight are looked up in it
+        self.state["inflight"] = {k: v for k, v in self.state["inflight"].items() if k not in applied}
         self.positions = {t: dict(p) for t, p in self.pf["positions"].items()}
         self.cash = self.pf["cash"]
         for f in self.state["inflight"].values():
@@ -97,7 +97,7 @@ class _Book:
         self.positions = {t: p for t, p in self.positions.items() if abs(p["size"]) > 1e-12}
 
     def seen(self, cloid: str) -> bool:
-        return cloid in self.state["submitted"] or cloid in self.applied
+        return cloid in self.state["submitted"] or cloid in self.pf["applied"]
 
     def position(self, token: str) -> float:
         return self.positions.get(token, {}).get("size", 0.0)
@@ -120,6 +120,13 @@ class ExecutionProcessor:
         self.exchange = exchange
         self._started = False
         self._lock: asyncio.Lock | None = None
+        self._orders: dict = {}  # status -> its labelled counter (labels() takes a lock per call)
+
+    def _count(self, status: str) -> None:
+        child = self._orders.get(status)
+        if child is None:
+            child = self._orders[status] = ORDERS.labels(status)
+        child.inc()
 
     def on_revoked(self, partitions) -> None:
         pass
@@ -145,7 +152,7 @@ class ExecutionProcessor:
 
     def _reject(self, common: dict, cloid: str, side: str, size: float, price: float | None, violation_type: str,
                 reason: str, metrics: dict, decision_id=None, reduce_only: bool = False) -> list:
-        ORDERS.labels("constraint").inc()
+        self._count("constraint")
         log.info("order %s rejected: %s", cloid, reason)
         return [
             RiskEvent(event_id=derived_id("violation", cloid), event_type="risk.constraint_violation",
@@ -178,7 +185,7 @@ class ExecutionProcessor:
                     break
                 log.warning("exchange error on %s (retrying in %.1fs): %s", order.client_order_id, delay, exc)
                 await asyncio.sleep(delay)
-        ORDERS.labels(result.status).inc()
+        self._count(result.status)
         base = dict(client_order_id=order.client_order_id, side=order.side, reduce_only=order.reduce_only, **common)
         if result.status == "rejected":
             return [OrderEvent(event_id=derived_id("rejected", order.client_order_id), event_type="trade.rejected",
@@ -211,7 +218,7 @@ class ExecutionProcessor:
         cloid = client_order_id(account, d.event_id)
         book = _Book(account, self.state, cfg)
         if book.seen(cloid):
-            ORDERS.labels("duplicate").inc()
+            self._count("duplicate")
             log.info("duplicate decision %s for %s: order %s already placed", d.event_id, d.token, cloid)
             return []
         common = dict(timestamp=d.timestamp, token=d.token, source="execution", correlation_id=d.correlation_id,
@@ -267,7 +274,7 @@ class ExecutionProcessor:
             cloid = req.client_order_id if req.token and len(tokens) == 1 else force_close_id(
                 account, token, int(book.positions[token].get("opened_ms", 0)), position)
             if book.seen(cloid):
-                ORDERS.labels("duplicate").inc()
+                self._count("duplicate")
                 continue
             price = (req.price if req.token else None) or (self.state.latest_prices.get(token) or {}).get("price") \
                 or book.positions[token]["entry_price"]

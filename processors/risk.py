@@ -100,6 +100,8 @@ class RiskProcessor:
         self.state = state
         self.observe_evaluation = observe_evaluation
         self.late = 0
+        #: :meth:`quiet_run` may use :meth:`quiet_band` (tests compare it with the element-wise check)
+        self.use_band = True
 
     def process(self, event, partition=None) -> list:
         if event.event_type == "price.tick":
@@ -144,22 +146,33 @@ class RiskProcessor:
                 "margin_available": r.margin_available, "min_liquidation_distance_pct": r.min_distance_pct}
 
     def _quiet(self, account: str, exp: dict, tick: PriceTick) -> bool:
-        """Whether an account whose only position is the tick's token has nothing to report on
-        this tick: :func:`domain.risk.evaluate`'s arithmetic for that case (the same expressions,
-        so the same floats), without building its report. False sends the tick through the full
-        evaluation."""
+        """Whether an account with only cross-margin positions has nothing to report on this tick:
+        :func:`domain.risk.evaluate`'s arithmetic (the same expressions over the positions in the
+        same order, so the same floats) for what decides that, without building its report. False
+        sends the tick through the full evaluation."""
         cfg, st = self.config, self.state
-        p = exp["positions"][tick.token]
-        if p.get("margin_mode", "cross") != "cross":
-            return False
+        positions = exp["positions"]
         t0 = time.perf_counter() if self.observe_evaluation else 0.0
-        m = tick.price
-        notional = p["size"] * m
-        gross = abs(notional)
-        equity = exp["cash"] + notional
+        gross = value = maint = 0.0
+        assets = cfg.assets
+        own = tick.token
+        m_own = 0.0
+        for token, p in positions.items():
+            if p.get("margin_mode", "cross") != "cross":
+                return False
+            if token == own:
+                m = m_own = tick.price or p["entry_price"]
+            else:
+                m = self.mark_price(token) or p["entry_price"]
+            notional = p["size"] * m
+            gross += abs(notional)
+            value += notional
+            maint += abs(notional) * assets.get(token, _DEFAULT_ASSET).maintenance_rate
+        equity = exp["cash"] + value
         leverage = gross / equity if equity > 0 else math.inf
-        mmr = cfg.assets.get(tick.token, _DEFAULT_ASSET).maintenance_rate
-        dist = distance_pct(m, liquidation_price(p["size"], m, equity - gross * mmr, mmr))
+        p = positions[own]
+        mmr = assets.get(own, _DEFAULT_ASSET).maintenance_rate
+        dist = distance_pct(m_own, liquidation_price(p["size"], m_own, equity - maint, mmr))
         if self.observe_evaluation:
             self.observe_evaluation(time.perf_counter() - t0)
         if dist is not None and dist < CRITICAL_BUFFER_PCT:
@@ -170,16 +183,165 @@ class RiskProcessor:
                 return False
         elif last is not None:
             return False
-        ref = st.reference.get((account, tick.token, int(p.get("opened_ms", 0)))) or p["entry_price"]
-        return abs(m / ref - 1.0) * 100.0 < cfg.price_alert_pct
+        ref = st.reference.get((account, own, int(p.get("opened_ms", 0)))) or p["entry_price"]
+        return abs(tick.price / ref - 1.0) * 100.0 < cfg.price_alert_pct
+
+    def quiet_band(self, account: str, exp: dict, token: str) -> tuple[float, float] | None:
+        """Prices (USD) of ``token`` strictly between which an account holding only a cross
+        position in it is quiet (what :meth:`_quiet` finds), or ``None`` when no such band is
+        worked out here (several positions, isolated margin, an active leverage alert, a short
+        without cash, ``max_leverage`` under 1.01).
+
+        Solved from :func:`domain.risk.evaluate`'s definitions for one position of size ``s``
+        with cash ``c`` and maintenance rate ``r``: the price move stays under
+        ``price_alert_pct`` of the reference; leverage ``|s|m / (c + s m)`` stays at most
+        ``max_leverage`` (L), i.e. ``m ≥ L|c| / (s(L − 1))`` for a long on borrowed cash and
+        ``m ≤ L c / (|s|(1 + L))`` for a short; the liquidation price is ``−c / (s(1 − r))`` for a
+        long and ``c / (|s|(1 + r))`` for a short, and the distance to it stays at least 10 % of
+        the mark above it (long: ``m ≥ liq / 0.9``) or below it (short: ``m ≤ liq / 1.1``). The
+        band is narrowed by 1e-9 of each bound, a thousand times the rounding of the float
+        evaluation, so every price inside it is quiet there too; a price outside it is left to the
+        exact check."""
+        st, cfg = self.state, self.config
+        positions = exp["positions"]
+        if len(positions) != 1 or token not in positions or st.alerted.get(account) is not None:
+            return None
+        p = positions[token]
+        lev = cfg.max_leverage
+        if p.get("margin_mode", "cross") != "cross" or lev < 1.01:
+            return None
+        s, c = p["size"], exp["cash"]
+        r = cfg.assets.get(token, _DEFAULT_ASSET).maintenance_rate
+        ref = st.reference.get((account, token, int(p.get("opened_ms", 0)))) or p["entry_price"]
+        move = cfg.price_alert_pct / 100.0
+        lo, hi = max(0.0, ref * (1.0 - move)), ref * (1.0 + move)
+        if s > 0:
+            if c < 0:
+                lo = max(lo, lev * -c / (s * (lev - 1.0)), -c / (s * (1.0 - r)) / 0.9)
+        elif s < 0 and c > 0:
+            hi = min(hi, lev * c / (-s * (1.0 + lev)), c / (-s * (1.0 + r)) / 1.1)
+        else:
+            return None
+        return lo * (1.0 + 1e-9), hi * (1.0 - 1e-9)
+
+    def quiet_run(self, ts, px, tok, names: list[str]) -> int:
+        """How many leading ticks of a run leave every account quiet (nothing to emit), as
+        :meth:`on_tick` would find them one by one, provided the accounts do not change in between.
+
+        ``ts`` (int64 ms), ``px`` (float64 USD) and ``tok`` (int codes into ``names``) are numpy
+        arrays of consecutive ticks in time order. :meth:`_quiet`'s arithmetic, element-wise: the
+        same expressions over the positions in the same order, every other position marked at the
+        price its token last had at that tick, so the same floats. An account with an isolated
+        position, or a tick older than its token's last, ends the run (0)."""
+        import numpy as np
+
+        st, cfg = self.state, self.config
+        n = len(px)
+        exposures = st.exposures.items()
+        if n == 0:
+            return 0
+        single = len(names) == 1  # one token's ticks: its marks are the prices themselves
+        for c, name in enumerate(names):
+            seen = st.seen.get(name)
+            if seen is not None:
+                first = ts[0] if single else (ts[tok == c][0] if (tok == c).any() else seen[1])
+                if first < seen[1]:
+                    return 0
+        if not exposures:
+            return n
+        code = {name: c for c, name in enumerate(names)}
+        marks: dict[str, object] = {}
+
+        def mark(token: str, entry: float):
+            c = code.get(token)
+            if c is not None and single:
+                return px
+            m0 = self.mark_price(token) or entry
+            if c is None:
+                return m0
+            if token not in marks:
+                idx = np.arange(n)
+                last = np.maximum.accumulate(np.where(tok == c, idx, -1))
+                marks[token] = np.where(last >= 0, px[np.maximum(last, 0)], m0)
+            return marks[token]
+
+        first_bad = n
+        for account, exp in exposures:
+            positions = exp["positions"]
+            own = {t: p for t, p in positions.items() if t in code}
+            if not own:
+                continue
+            band = self.quiet_band(account, exp, names[0]) if single and self.use_band else None
+            if band is not None:
+                inside = (px > band[0]) & (px < band[1])
+                if not inside.all():
+                    first_bad = min(first_bad, int(inside.argmin()))
+                continue
+            gross = value = maint = None
+            for token, p in positions.items():
+                if p.get("margin_mode", "cross") != "cross":
+                    return 0
+                notional = p["size"] * mark(token, p["entry_price"])
+                a = np.abs(notional)
+                m = a * cfg.assets.get(token, _DEFAULT_ASSET).maintenance_rate
+                # 0.0 + x is x: starting from the first term gives evaluate's sums
+                gross, value, maint = (a, notional, m) if gross is None else (gross + a, value + notional, maint + m)
+            equity = exp["cash"] + value
+            if single:
+                (token, p), = own.items()
+                size, ref = p["size"], st.reference.get((account, token, int(p.get("opened_ms", 0)))) or p["entry_price"]
+                mmr = cfg.assets.get(token, _DEFAULT_ASSET).maintenance_rate
+                side = 1.0 if size > 0 else -1.0
+                k = 1.0 - mmr * side
+                abs_size = abs(size)
+            else:
+                size_c, mmr_c, ref_c = np.zeros(len(names)), np.zeros(len(names)), np.ones(len(names))
+                for token, p in own.items():
+                    c = code[token]
+                    size_c[c] = p["size"]
+                    mmr_c[c] = cfg.assets.get(token, _DEFAULT_ASSET).maintenance_rate
+                    ref_c[c] = st.reference.get((account, token, int(p.get("opened_ms", 0)))) or p["entry_price"]
+                size, mmr, ref = size_c[tok], mmr_c[tok], ref_c[tok]
+                side = np.where(size > 0, 1.0, -1.0)
+                k = 1.0 - mmr * side
+                abs_size = np.abs(size)
+            with np.errstate(all="ignore"):
+                liq = px - side * (equity - maint) / abs_size / k
+                bad = (liq > 0) & (liq < np.inf) & (np.abs(px - liq) / px * 100.0 < CRITICAL_BUFFER_PCT)
+                over = np.where(equity > 0, gross / equity, np.inf) > cfg.max_leverage
+                bad |= ~(np.abs(px / ref - 1.0) * 100.0 < cfg.price_alert_pct)
+            last = st.alerted.get(account)
+            bad |= over if last is None else (over & (ts - last >= cfg.alert_every_ms)) | ~over
+            if not single:
+                bad &= np.isin(tok, [code[t] for t in own]) & (size != 0)
+            if bad.any():
+                first_bad = min(first_bad, int(bad.argmax()))
+        return first_bad
+
+    def skip_run(self, ts: list[int], px: list[float], vol: list[float], tokens: list[str]) -> None:
+        """Take a run of ticks that :meth:`quiet_run` found quiet: the state :meth:`on_tick` would
+        leave (last tick seen per token, the shared latest price with its refresh rule)."""
+        st, cfg = self.state, self.config
+        written = st.written
+        due: dict[str, int] = {}
+        for k, token in enumerate(tokens):
+            t, price = ts[k], px[k]
+            wrote = written.get(token)
+            if (wrote is None or t - wrote[1] >= cfg.price_refresh_ms
+                    or abs(price - wrote[0]) >= cfg.price_refresh_move * wrote[0]):
+                written[token] = (price, t)
+                due[token] = k
+            st.seen[token] = (price, t, vol[k])
+        for token, k in due.items():
+            st.latest_prices[token] = {"price": px[k], "ts": ts[k], "volume_1m": vol[k]}
 
     def evaluate_account(self, account: str, exp: dict, tick: PriceTick) -> list:
         """Risk events for one exposed account after ``tick``."""
         st, cfg = self.state, self.config
         positions = exp["positions"]
+        if self._quiet(account, exp, tick):
+            return []
         if len(positions) == 1:
-            if self._quiet(account, exp, tick):
-                return []
             marks = {tick.token: tick.price}  # the only position is the tick's token
         else:
             marks = {t: m for t in positions if (m := self.mark_price(t))}

@@ -23,10 +23,16 @@ already counted and ignores.
 
 Revocation: the open bars of revoked partitions are forgotten (the new owner rebuilds them from
 the committed offsets).
+
+A runtime that holds the whole input (the backtest engine) may hand the processor every token's
+ticks up front (:meth:`TradingProcessor.use_series`): the closed bars' indicators are then computed
+at once (:func:`domain.indicators.series`, equal bit for bit to the running values) and the rule
+set is evaluated only on the bars its ``may_signal`` keeps; the signals are the same.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +88,31 @@ class OpenBar:
         self.minute_close = 0.0
 
 
+class BarSeries:
+    """One token's ticks and closed bars over a whole input: ``starts``/``closes`` of the closed
+    bars, their indicators (float64 arrays, NaN for ``None``), whether the rule set may signal on
+    each (``active``, and the indices of those bars in ``active_bars``), ``close_tick`` the index of
+    the tick that closes each bar; per tick ``px``, ``size`` and ``tick_start`` (its bar's start).
+    ``next`` is the next bar to close."""
+
+    __slots__ = ("starts", "closes", "values", "active", "active_bars", "close_tick", "px", "size",
+                 "tick_start", "next")
+
+    def __init__(self, starts: list[int], closes: list[float], values: dict, active: list[bool],
+                 close_tick: list[int], px: list[float], size: list, tick_start: list[int]):
+        self.starts, self.closes, self.values, self.active, self.next = starts, closes, values, active, 0
+        self.active_bars = [k for k, a in enumerate(active) if a]
+        self.close_tick, self.px, self.size, self.tick_start = close_tick, px, size, tick_start
+
+    def at(self, i: int) -> dict[str, float | None]:
+        """Bar ``i``'s indicators as :func:`domain.indicators.update` gives them."""
+        out = {}
+        for k, v in self.values.items():
+            x = float(v[i])
+            out[k] = x if x == x else None
+        return out
+
+
 class TradingState:
     """``bars``: token -> {"last_start": ms, "ind": running indicator state}; ``indicators``: token
     -> the last closed bar, its indicators and signal (for views); ``correlations`` (read): token
@@ -107,6 +138,69 @@ class TradingProcessor:
         self.spec = self.rule_set.indicators(self.params)
         self.late = 0  # ticks of bars already closed
         self.suppressed = 0  # signals not emitted while trading was halted
+        self.series: dict[str, BarSeries] = {}
+
+    def use_series(self, ticks: Mapping[str, tuple[list, list, list]]) -> None:
+        """Precompute the bars of a whole input: ``ticks`` token -> (timestamps ms, prices USD,
+        sizes or None), each in the order the processor will be given them (time order). The
+        ticks must then come exactly so; a closed bar that differs from the precomputed one raises
+        ``RuntimeError``."""
+        import numpy as np
+
+        for token, (ts_l, px_l, size_l) in ticks.items():
+            ts, px = np.asarray(ts_l, dtype=np.int64), np.asarray(px_l, dtype=np.float64)
+            starts = ts - ts % self.config.bar_ms
+            last = np.flatnonzero(np.diff(starts))  # the last tick of every bar a later tick closes
+            closes = px[last]
+            values = ind.series(closes, self.spec)
+            may = self.rule_set.may_signal
+            active = may(values, self.params) if may is not None else np.ones(len(closes), dtype=bool)
+            self.series[token] = BarSeries(starts[last].tolist(), closes.tolist(), values, active.tolist(),
+                                           (last + 1).tolist(), px_l, size_l, starts.tolist())
+
+    def next_signal_tick(self, token: str) -> int | None:
+        """With :meth:`use_series`: the index (among the token's ticks) of the next tick that
+        closes a bar the rule set may signal on, or ``None``."""
+        pre = self.series[token]
+        k = bisect_left(pre.active_bars, pre.next)
+        return pre.close_tick[pre.active_bars[k]] if k < len(pre.active_bars) else None
+
+    def skip_run(self, token: str, a: int, b: int) -> None:
+        """With :meth:`use_series`: take the token's ticks ``a`` to ``b - 1`` (indices among its
+        ticks), none of which closes a bar the rule set may signal on, leaving the state
+        :meth:`on_tick` would (bars closed, the open bar); nothing is emitted. Only for a config
+        without views, LLM advice or minute closes."""
+        pre = self.series[token]
+        ob = self.state.open.get(token) or self._open(token, None)
+        closed = bisect_left(pre.close_tick, b)  # bars whose closing tick comes before b
+        if closed > pre.next:
+            k = bisect_left(pre.active_bars, pre.next)
+            if k < len(pre.active_bars) and pre.active_bars[k] < closed:
+                raise RuntimeError(f"{token}: ticks {a}..{b - 1} close a bar the rules may signal on")
+            pre.next = closed
+            ob.last_closed = pre.starts[closed - 1]
+            self.state.bars[token] = {"last_start": ob.last_closed}
+        first = pre.close_tick[closed - 1] if closed > 0 else 0  # the open bar's first tick
+        px, size = pre.px, pre.size
+        lo = max(a, first)
+        bar = ob.bar
+        if first < a:
+            if bar is None or bar.start_ms != pre.tick_start[first]:
+                raise RuntimeError(f"{token}: the open bar is not the one tick {a} continues")
+        else:
+            p = px[lo]
+            bar = ob.bar = Bar(pre.tick_start[lo], p, p, p, p, p * (size[lo] or 0.0), 1)
+            lo += 1
+        if lo < b:
+            seg = px[lo:b]
+            bar.high = max(bar.high, max(seg))
+            bar.low = min(bar.low, min(seg))
+            bar.close = seg[-1]
+            vol = bar.volume
+            for p, z in zip(seg, size[lo:b]):
+                vol += p * (z or 0.0)  # apply_tick's notional, summed in the same order
+            bar.volume = vol
+            bar.ticks += b - lo
 
     def process(self, tick, partition=None) -> list:
         return self.on_tick(tick, partition)[0]
@@ -157,6 +251,16 @@ class TradingProcessor:
         """Update the token's indicators with a closed bar and apply the rules; returns the signal
         to emit (``None`` for HOLD, a score below the minimum, or while trading is halted)."""
         cfg = self.config
+        pre = self.series.get(token)
+        if pre is not None:
+            i = pre.next
+            if i >= len(pre.starts) or pre.starts[i] != closed.start_ms or pre.closes[i] != closed.close:
+                raise RuntimeError(f"{token}: the bar closed at {closed.start_ms} is not the precomputed one")
+            pre.next = i + 1
+            self.state.bars[token] = {"last_start": closed.start_ms}
+            if not pre.active[i] and not cfg.keep_view and self.advisor is None:
+                return None  # the rule set holds on this bar
+            return self._signal(token, closed, tick, pre.at(i))
         stored = self.state.bars.get(token)
         if stored is None or "ind" not in stored:
             # none yet, or a bar history of earlier versions (closes): warm the state from it
@@ -165,6 +269,10 @@ class TradingProcessor:
             st = stored["ind"]
         values = ind.update(st, closed.close, self.spec)
         self.state.bars[token] = {"last_start": closed.start_ms, "ind": st}
+        return self._signal(token, closed, tick, values)
+
+    def _signal(self, token: str, closed: Bar, tick, values: dict) -> SignalGenerated | None:
+        cfg = self.config
         sig = self.rule_set.evaluate(values, self.params)
         bar_end = closed.start_ms + cfg.bar_ms
         corr = self.state.correlations.get(token)

@@ -156,29 +156,43 @@ def test_processors_give_the_same_events_for_the_same_input_in_two_runs(sample_p
     assert first and first == run()
 
 
-def test_risk_processor_shortcut_for_one_position_answers_as_the_full_evaluation():
-    """The one-position shortcut (no report built while nothing is due) gives exactly the events of
-    the full evaluation, over random walks that cross the leverage, price-move and liquidation
-    thresholds, long and short."""
+START = {"BTC": 50_000.0, "ETH": 2_500.0}
+
+
+def _leveraged_risk(rng, tokens) -> RiskProcessor:
+    """A risk processor over one account holding each token (entered at ``START``) at a random
+    leverage of 1 to 17 per position, long or short."""
+    exposures = ExposureView({}, refresh_s=float("inf"))
+    sizes = {tok: rng.choice([1.0, 5.0, 6.0, 6.5, 17.0]) * rng.choice([1, -1]) * 50_000.0 / START[tok]
+             for tok in tokens}
+    exposures.set("a", {"cash": 100_000.0 - sum(sz * START[tok] for tok, sz in sizes.items()),
+                        "positions": {tok: {"size": sz, "entry_price": START[tok], "opened_ms": T0}
+                                      for tok, sz in sizes.items()}})
+    return RiskProcessor(RiskConfig(), RiskState({}, exposures))
+
+
+@pytest.mark.parametrize("tokens", [("BTC",), ("BTC", "ETH")])
+def test_risk_processor_shortcut_answers_as_the_full_evaluation(tokens):
+    """The shortcut (no report built while nothing is due) gives exactly the events of the full
+    evaluation, over random walks that cross the leverage, price-move and liquidation thresholds,
+    long and short, for accounts with one position and with two (ticks of either token)."""
     import random
 
     rng = random.Random(7)
+    start = START
 
     def run(shortcut: bool) -> list:
         out = []
         for walk in range(40):
-            exposures = ExposureView({}, refresh_s=float("inf"))
-            size = rng.choice([1.0, 5.0, 6.0, 6.5, 17.0]) * rng.choice([1, -1])
-            exposures.set("a", {"cash": 100_000.0 - size * 50_000.0,
-                                "positions": {"BTC": {"size": size, "entry_price": 50_000.0, "opened_ms": T0}}})
-            risk = RiskProcessor(RiskConfig(), RiskState({}, exposures))
+            risk = _leveraged_risk(rng, tokens)
             if not shortcut:
                 risk._quiet = lambda *a: False
-            px = 50_000.0
+            px = dict(start)
             for i in range(300):
-                px *= 1 + rng.gauss(0, 0.004)
+                tok = rng.choice(tokens)
+                px[tok] *= 1 + rng.gauss(0, 0.004)
                 t = PriceTick(event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{walk}:{i}"), timestamp=T0 + i * 1000,
-                              token="BTC", source="t", price=px)
+                              token=tok, source="t", price=px[tok])
                 out += [e.model_dump() for e in risk.process(t)]
         return out
 
@@ -189,3 +203,96 @@ def test_risk_processor_shortcut_for_one_position_answers_as_the_full_evaluation
     kinds = {e["event_type"] for e in full} | {e.get("violation_type") for e in full}
     assert {"risk.alert", "risk.ok", "risk.critical", "max_leverage", "price_move"} <= kinds
     assert fast == full
+
+
+@pytest.mark.parametrize("tokens", [("BTC",), ("BTC", "ETH")])
+def test_risk_quiet_runs_stop_at_the_first_tick_that_emits(tokens):
+    """``quiet_run`` over arrays finds the first tick on which ``on_tick`` would emit anything, and
+    ``skip_run`` leaves the state ``on_tick`` would: the engine's way (skip the quiet run, process
+    the next tick, repeat) answers the events of the tick-by-tick loop, over random walks through
+    the leverage, price-move and liquidation thresholds."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(11)
+    names = sorted(tokens)
+
+    skipped = [0]
+
+    def run(runs: bool) -> list:
+        out = []
+        for walk in range(30):
+            risk = _leveraged_risk(rng, tokens)
+            px = dict(START)
+            ticks = []
+            for i in range(400):
+                tok = rng.choice(tokens)
+                px[tok] *= 1 + rng.gauss(0, 0.004)
+                ticks.append(PriceTick(event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{walk}:{i}"),
+                                       timestamp=T0 + i * 150, token=tok, source="t", price=px[tok]))
+            ts = np.array([t.timestamp for t in ticks], dtype=np.int64)
+            prices = np.array([t.price for t in ticks])
+            codes = np.array([names.index(t.token) for t in ticks], dtype=np.int64)
+            i = 0
+            while i < len(ticks):
+                if runs:
+                    q = risk.quiet_run(ts[i:], prices[i:], codes[i:], names)
+                    seg = ticks[i:i + q]
+                    risk.skip_run([t.timestamp for t in seg], [t.price for t in seg], [0.0] * q, [t.token for t in seg])
+                    i += q
+                    skipped[0] += q
+                    if i >= len(ticks):
+                        break
+                out += [e.model_dump() for e in risk.process(ticks[i])]
+                i += 1
+            out.append((dict(risk.state.latest_prices), dict(risk.state.seen)))
+        return out
+
+    rng.seed(11)
+    fast = run(True)
+    rng.seed(11)
+    slow = run(False)
+    kinds = {e["event_type"] for e in slow if isinstance(e, dict)}
+    assert {"risk.alert", "risk.critical", "trade.force_close"} <= kinds
+    assert fast == slow
+    assert skipped[0] > 30 * 400 // 2, "most ticks were taken in quiet runs"
+
+
+def test_risk_quiet_band_holds_only_quiet_prices():
+    """Every price strictly inside :meth:`RiskProcessor.quiet_band` is quiet under the exact
+    per-tick check, for longs and shorts on borrowed or spare cash, leverage from 0.1 to 20,
+    several leverage limits and alert thresholds; and the band is not vacuous."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(17)
+    checked = wide = 0
+    for case in range(3_000):
+        entry = rng.choice([0.05, 2_500.0, 50_000.0]) * rng.uniform(0.5, 2.0)
+        equity = rng.uniform(1e3, 1e6)
+        size = rng.choice([1, -1]) * rng.uniform(0.1, 20.0) * equity / entry
+        exposures = ExposureView({}, refresh_s=float("inf"))
+        exposures.set("a", {"cash": equity - size * entry,
+                            "positions": {"BTC": {"size": size, "entry_price": entry, "opened_ms": T0}}})
+        risk = RiskProcessor(RiskConfig(max_leverage=rng.choice([1.5, 3.0, 10.0]),
+                                        price_alert_pct=rng.choice([0.5, 5.0, 50.0])),
+                             RiskState({}, exposures))
+        (account, exp), = exposures.items()
+        band = risk.quiet_band(account, exp, "BTC")
+        if band is None:
+            continue
+        lo, hi = band
+        if lo >= hi:
+            continue
+        wide += 1
+        near = [lo * (1 + 1e-12), hi * (1 - 1e-12), np.nextafter(lo, np.inf), np.nextafter(hi, -np.inf)]
+        for price in near + [rng.uniform(lo, hi) for _ in range(5)]:
+            if not lo < price < hi:
+                continue
+            tick = PriceTick(event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{case}:{price}"), timestamp=T0 + 1000,
+                             token="BTC", source="t", price=float(price))
+            assert risk._quiet(account, exp, tick), (case, size, exp["cash"], price, band)
+            checked += 1
+    assert wide > 1_000 and checked > 5_000

@@ -70,6 +70,21 @@ def test_derived_ids_are_stable():
     assert derived_id("consensus", "BTC", 5000) != derived_id("consensus", "ETH", 5000)
 
 
+def test_derived_ids_are_uuid5_of_the_joined_parts():
+    """Ids stored by earlier versions stay valid: the value is uuid.uuid5's, bit for bit."""
+    import random
+
+    from models.events import EVENT_NAMESPACE
+
+    rng = random.Random(5)
+    for _ in range(5_000):
+        parts = [rng.choice(["fill", "risk.alert", "état", ""]), rng.random() * 1e5, uuid.uuid4(),
+                 rng.randint(0, 10**13), "x" * rng.randint(0, 40), None, 1.5e-300][: rng.randint(1, 7)]
+        expected = uuid.uuid5(EVENT_NAMESPACE, ":".join(str(p) for p in parts))
+        got = derived_id(*parts)
+        assert got == expected and got.version == 5 and got.variant == uuid.RFC_4122 and str(got) == str(expected)
+
+
 def test_consensus_decision_schema():
     d = ConsensusDecision(event_id=new_event_id(), event_type="trade.consensus_approved", timestamp=1, token="BTC",
                           source="consensus", consensus_score=85.0, contributing_agents=["a"],
