@@ -26,7 +26,10 @@
 - ``GET /halt/``: the trading-halt flag per account (a global table: every worker has it).
 - ``GET /prices/``: the last price per token that positions are marked with (a global table).
 - ``GET /dashboard/``: the live dashboard page; ``/dashboard/ws/`` its WebSocket
-  (:mod:`app.dashboard`); ``/static/...`` its vendored assets.
+  (:mod:`app.dashboard`); ``/static/...`` its vendored assets. The page and assets carry a
+  Content-Security-Policy (own scripts, styles and WebSocket only); the page writes event fields
+  as text, never as markup; the WebSocket refuses (403) a browser Origin other than the worker's
+  own or DASHBOARD_ALLOWED_ORIGINS.
 - ``POST /control/halt/``, ``/control/resume/``, ``/control/close-all/`` with a JSON body
   ``{"reason": "...", "account": "..."}`` (account defaults to ACCOUNT): need ``Authorization:
   Bearer <token>`` (:mod:`app.control`); 401 without a valid one, 429 past
@@ -291,15 +294,41 @@ _ASSETS = {
 }
 
 
+#: The page loads only its own scripts, styles and WebSocket; nothing inline, no frames, no
+#: forms, and the URL (which holds the token with READ_AUTH) is not sent on as a referrer.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def origin_allowed(request: Request) -> bool:
+    """Whether a WebSocket request may be served: no ``Origin`` (not a browser), an Origin naming
+    the host the request was sent to, or one of DASHBOARD_ALLOWED_ORIGINS. A page on another site
+    cannot open the push channel from its visitors' browsers."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin in settings.dashboard_allowed_origins:
+        return True
+    host = request.headers.get("Host", "")
+    return bool(host) and origin in (f"http://{host}", f"https://{host}")
+
+
 @app.page("/dashboard/")
 class Dashboard(View):
     async def get(self, request: Request) -> Response:
-        return self.html((STATIC / "dashboard.html").read_text())
+        return self.html((STATIC / "dashboard.html").read_text(), headers=dict(PAGE_HEADERS))
 
 
 @app.page("/dashboard/ws/")
 class DashboardSocket(View):
     async def get(self, request: Request):
+        if not origin_allowed(request):
+            return self.json({"error": "origin not allowed"}, status=403)
         if settings.read_auth and authenticate(request) is None:
             return unauthorized(self)
         return await hub.serve(request)
@@ -312,7 +341,7 @@ class Static(View):
         if kind is None:  # only the listed files: no path traversal
             return self.json({"error": "not found"}, status=404)
         return self.bytes((STATIC / path).read_bytes(), content_type=kind,
-                          headers={"Cache-Control": "public, max-age=3600"})
+                          headers={"Cache-Control": "public, max-age=3600", **PAGE_HEADERS})
 
 
 # ------------------------------------------------------------------ control

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     kafka_session_timeout_seconds: float = Field(30.0, ge=6)
     kafka_heartbeat_interval_seconds: float = Field(3.0, gt=0)
 
+    # --- event time
+    #: Events stamped more than this far ahead of the wall clock (s), or before the floor (ms
+    #: since the epoch; Bitcoin's first block by default), are dead-lettered by every consumer
+    #: and never stored: they would freeze bars and marks, or make the store create partitions.
+    event_max_ahead_seconds: float = Field(300.0, gt=0)
+    event_time_floor_ms: int = Field(1_230_940_800_000, ge=0)
+
     # --- trading account (paper)
     account: str = "paper"
     initial_cash_usd: float = Field(100_000.0, gt=0)
@@ -189,6 +196,10 @@ class Settings(BaseSettings):
     dashboard_max_clients: int = Field(2000, ge=1)
     dashboard_history: int = Field(100, ge=1, le=10_000)
     dashboard_client_buffer_bytes: int = Field(1_048_576, ge=65_536)
+    #: Origins (``https://ops.example.com``) whose pages may open the dashboard WebSocket besides
+    #: the worker's own (a request whose Origin names the host it was sent to); clients that send
+    #: no Origin (not browsers) are let in.
+    dashboard_allowed_origins: list[str] = Field(default_factory=list)
     #: SPEC §7 limits (ms), checked on every observation; a breach counts in
     #: moondev_sla_violations_total and emits metric.sla_violation (at most one per metric per
     #: SLA_EVENT_INTERVAL_SECONDS, carrying the number of breaches it stands for).

@@ -10,8 +10,21 @@
   const $ = (id) => document.getElementById(id);
   const usd = (v) => v == null ? "–" : v.toLocaleString("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 2 });
   const num = (v, d = 4) => v == null ? "–" : Number(v).toLocaleString("en-US", { maximumFractionDigits: d });
-  const time = (ms) => new Date(ms).toISOString().slice(11, 19);
-  const signed = (v) => `<span class="${v >= 0 ? "up" : "down"}">${usd(v)}</span>`;
+  const time = (ms) => { const d = new Date(ms); return isNaN(d) ? "–" : d.toISOString().slice(11, 19); };
+  // Event fields reach the page only as text (textContent, Option labels), never as markup: a
+  // token or reason written by anyone who can produce to a topic cannot run script here.
+  const word = (v) => (typeof v === "string" && /^[A-Za-z_.]{1,40}$/.test(v) ? v : "");  // class names
+  function el(tag, cls, ...children) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    for (const c of children) node.append(c instanceof Node ? c : String(c == null ? "" : c));
+    return node;
+  }
+  const td = (content, cls) => el("td", cls, content);
+  const signed = (v) => el("span", v >= 0 ? "up" : "down", usd(v));
+  function fillSelect(sel, values, selected) {
+    sel.replaceChildren(...values.map((v) => new Option(v, v, false, v === selected)));
+  }
 
   let chart = null;
   function drawChart() {
@@ -39,9 +52,7 @@
     const names = Object.keys(state.accounts).sort();
     const sel = $("account");
     if (!state.account || !state.accounts[state.account]) state.account = names[0] || state.account;
-    if (sel.options.length !== names.length) {
-      sel.innerHTML = names.map((a) => `<option ${a === state.account ? "selected" : ""}>${a}</option>`).join("");
-    }
+    if (sel.options.length !== names.length) fillSelect(sel, names, state.account);
     const h = state.halt[state.account];
     $("halt").className = "badge " + (h && h.halted ? "halted" : "ok");
     $("halt").textContent = h && h.halted ? `HALTED: ${h.reason || ""}` : "trading";
@@ -56,27 +67,36 @@
       const u = p.size * (mark - p.entry_price);
       upnl += u;
       const dist = p.liquidation_price ? Math.abs(mark - p.liquidation_price) / mark * 100 : null;
-      rows.push(`<tr><td>${token}</td><td class="${p.size > 0 ? "up" : "down"}">${num(p.size, 6)}</td>` +
-        `<td>${num(p.entry_price, 2)}</td><td>${num(mark, 2)}</td><td>${signed(u)}</td>` +
-        `<td>${num(p.liquidation_price, 2)}</td><td class="${dist != null && dist < 10 ? "CRITICAL" : ""}">` +
-        `${dist == null ? "–" : dist.toFixed(2) + " %"}</td></tr>`);
+      rows.push(el("tr", "", td(token), td(num(p.size, 6), p.size > 0 ? "up" : "down"), td(num(p.entry_price, 2)),
+        td(num(mark, 2)), td(signed(u)), td(num(p.liquidation_price, 2)),
+        td(dist == null ? "–" : dist.toFixed(2) + " %", dist != null && dist < 10 ? "CRITICAL" : "")));
     }
-    $("positions").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">no open positions</td></tr>`;
+    if (!rows.length) {
+      const none = td("no open positions", "muted");
+      none.colSpan = 7;
+      rows.push(el("tr", "", none));
+    }
+    $("positions").tBodies[0].replaceChildren(...rows);
     $("equity").textContent = usd(equity);
     $("cash").textContent = usd(s.cash);
     $("leverage").textContent = equity > 0 ? (gross / equity).toFixed(2) + "×" : "–";
-    $("upnl").innerHTML = signed(upnl);
-    $("daily").innerHTML = signed(s.daily_pnl || 0);
+    $("upnl").replaceChildren(signed(upnl));
+    $("daily").replaceChildren(signed(s.daily_pnl || 0));
     $("fills").textContent = (s.delta && s.delta.seq) || 0;
   }
 
   const rowOf = {
     trade: (e) => e.event_type === "position.closed"
-      ? `<td>${time(e.timestamp)}</td><td>${e.token}</td><td>closed</td><td>${num(e.size, 6)}</td><td>${signed(e.pnl_usd)}</td>`
-      : `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.side}">${e.side}</td><td>${num(e.filled_amount, 6)}</td><td>@ ${num(e.fill_price, 2)}</td>`,
-    decision: (e) => `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.recommended_action}">${e.event_type === "trade.consensus_approved" ? "approved " + e.recommended_action : "failed"}</td><td>${num(e.consensus_score, 1)}</td><td>${(e.contributing_agents || []).join(", ")}</td>`,
-    signal: (e) => `<td>${time(e.timestamp)}</td><td>${e.token}</td><td class="${e.action || ""}">${e.action || e.event_type}</td><td>${e.score != null ? num(e.score, 1) : ""}</td><td>${e.agent || ""}</td>`,
-    alert: (e) => `<td>${time(e.timestamp)}</td><td>${e.account}</td><td class="${e.severity}">${e.event_type}</td><td>${e.violation_type || ""}</td><td>${e.token || ""}</td>`,
+      ? [td(time(e.timestamp)), td(e.token), td("closed"), td(num(e.size, 6)), td(signed(e.pnl_usd))]
+      : [td(time(e.timestamp)), td(e.token), td(e.side, word(e.side)), td(num(e.filled_amount, 6)),
+        td("@ " + num(e.fill_price, 2))],
+    decision: (e) => [td(time(e.timestamp)), td(e.token),
+      td(e.event_type === "trade.consensus_approved" ? "approved " + e.recommended_action : "failed", word(e.recommended_action)),
+      td(num(e.consensus_score, 1)), td((Array.isArray(e.contributing_agents) ? e.contributing_agents : []).join(", "))],
+    signal: (e) => [td(time(e.timestamp)), td(e.token), td(e.action || e.event_type, word(e.action)),
+      td(e.score != null ? num(e.score, 1) : ""), td(e.agent || "")],
+    alert: (e) => [td(time(e.timestamp)), td(e.account), td(e.event_type, word(e.severity)), td(e.violation_type || ""),
+      td(e.token || "")],
   };
 
   function addRows(kind, events, flash) {
@@ -84,8 +104,7 @@
     if (!tbl || !rowOf[kind]) return;
     const body = tbl.tBodies[0];
     for (const e of events) {
-      const tr = document.createElement("tr");
-      tr.innerHTML = rowOf[kind](e);
+      const tr = el("tr", "", ...rowOf[kind](e));
       tr.dataset.eventType = e.event_type;
       if (flash) tr.className = "new";
       body.insertBefore(tr, body.firstChild);
@@ -97,9 +116,7 @@
     const tokens = Object.keys(state.prices).sort();
     if (!state.token || !state.prices[state.token]) state.token = params.get("chart") || tokens[0] || null;
     const sel = $("token");
-    if (sel.options.length !== tokens.length) {
-      sel.innerHTML = tokens.map((t) => `<option ${t === state.token ? "selected" : ""}>${t}</option>`).join("");
-    }
+    if (sel.options.length !== tokens.length) fillSelect(sel, tokens, state.token);
   }
 
   function onMessage(msg) {
@@ -110,7 +127,7 @@
         state.prices = msg.prices || {};
         for (const kind of Object.keys(rowOf)) {
           const t = $(kind === "trade" ? "trades" : kind + "s");
-          if (t) t.tBodies[0].innerHTML = "";
+          if (t) t.tBodies[0].replaceChildren();
           addRows(kind, (msg.recent || {})[kind] || [], false);
         }
         renderTokens(); renderAccount(); drawChart();

@@ -167,6 +167,81 @@ def test_a2_concurrent_dashboard_clients_each_receive_every_state_delta(run):
             assert seqs == sorted(seqs), "in order per account (its partition's order)"
 
 
+HOSTILE_TOKEN = "<img src=x onerror=alert(1)>"
+
+
+def test_a3_hostile_event_fields_show_as_text_and_the_page_is_locked_down(run):
+    """A schema-valid signal whose token and agent are markup shows as text: no element is made
+    from it and no script runs. The page and its assets carry a CSP, and a page on another origin
+    cannot open the dashboard WebSocket."""
+    import asyncio
+
+    import aiohttp
+    from aiokafka import AIOKafkaProducer
+    from playwright.sync_api import sync_playwright
+
+    stack, worker = run
+    with urllib.request.urlopen(worker.url + "/dashboard/", timeout=10) as r:
+        headers = dict(r.headers)
+    csp = headers.get("Content-Security-Policy", "")
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert headers.get("X-Content-Type-Options") == "nosniff" and headers.get("Referrer-Policy") == "no-referrer"
+
+    async def handshakes() -> list[int]:
+        out = []
+        async with aiohttp.ClientSession() as session:
+            for origin in ("http://evil.example.com", worker.url, None):
+                try:
+                    ws = await session.ws_connect(worker.url + "/dashboard/ws/",
+                                                  headers={"Origin": origin} if origin else {})
+                    out.append(101)
+                    await ws.close()
+                except aiohttp.WSServerHandshakeError as exc:
+                    out.append(exc.status)
+        return out
+
+    assert asyncio.run(handshakes()) == [403, 101, 101]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092")
+        await producer.start()
+        try:
+            event = {"event_id": str(uuid.uuid4()), "event_type": "signal.generated", "timestamp": 1_723_161_600_000,
+                     "token": HOSTILE_TOKEN, "source": "test", "action": "HOLD", "score": 0, "confidence": 0.5,
+                     "agent": "<script>document.title='pwned'</script>", "reasons": ["<b>bold</b>"]}
+            await producer.send_and_wait(stack.env["TOPIC_PREFIX"] + "signal.generated", json.dumps(event).encode(),
+                                         key=HOSTILE_TOKEN.encode())
+        finally:
+            await producer.stop()
+
+    dialogs: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            # The CSP is checked above; here it is bypassed, so that the page's own escaping is what
+            # is tested (and Playwright may evaluate its polling predicates).
+            page = browser.new_context(bypass_csp=True).new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(worker.url + "/dashboard/")
+            page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30_000)
+            producer = threading.Thread(target=lambda: asyncio.run(produce()))  # Playwright holds this thread's loop
+            producer.start()
+            producer.join(30)
+            page.wait_for_function(f"[...document.querySelectorAll('#signals td')].some("
+                                   f"td => td.textContent === {json.dumps(HOSTILE_TOKEN)})", timeout=30_000)
+            page.wait_for_timeout(500)
+            made = page.evaluate("document.querySelectorAll('#signals img, #signals script, #signals b').length")
+            title = page.title()
+            agent_shown = page.evaluate("[...document.querySelectorAll('#signals td')].some("
+                                        "td => td.textContent.startsWith('<script>'))")
+        finally:
+            browser.close()
+    assert made == 0 and agent_shown and not dialogs and title != "pwned", (made, dialogs, title)
+    assert not errors, errors
+
+
 def test_b_control_refuses_missing_or_wrong_token_with_401_and_logs_no_secret(run):
     stack, worker = run
     code, headers, body = post(worker, "/control/halt/", {"reason": "no token"})
