@@ -38,10 +38,11 @@ import orjson
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.main import aiokafka_connection, app, settings
+from app.main import aiokafka_connection, app, decode_checked, settings
 from core.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
 from app.sla import sla
 from domain.halt import halt_transition
+from models.events import EventError
 
 log = logging.getLogger("moondev.dashboard")
 
@@ -205,11 +206,16 @@ class Hub:
                     kind = kinds[tp]
                     for record in records:
                         try:
-                            event = orjson.loads(record.value)
-                        except orjson.JSONDecodeError:
-                            continue  # the agents dead-letter it; nothing to show
-                        if not isinstance(event, dict):
+                            # the agents' own validation, event-time bounds included: what they
+                            # dead-letter is not shown, and no message can stop the hub
+                            decoded = decode_checked(record.value, key=record.key if kind == "price" else None)
+                        except EventError:
                             continue
+                        if kind == "price":
+                            event = {"token": decoded.token, "price": getattr(decoded, "price", None),
+                                     "timestamp": decoded.timestamp}
+                        else:
+                            event = orjson.loads(record.value)
                         self.apply(kind, event)
                         if live and kind != "price" and self.clients:
                             message = {"type": kind, "event": event, "produced_ms": record.timestamp}

@@ -12,6 +12,7 @@ import base64
 import gc
 import logging
 import ssl
+import time
 
 import faust
 
@@ -20,7 +21,8 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from core.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
 from core.settings import get_settings
-from models.events import NUL_ESCAPE, DeadLetter, Envelope, EventError, decode_event, derived_id, encode_event
+from models.events import (NUL_ESCAPE, DeadLetter, Envelope, EventError, check_event_time, decode_event, derived_id,
+                           encode_event)
 from models.topics import TOPIC_OF_EVENT, TOPIC_SPECS, key_of  # noqa: F401  (re-exported for the app's modules)
 
 log = logging.getLogger("moondev")
@@ -183,6 +185,22 @@ async def dead_letter(message, reason: str, agent: str) -> None:
     await emit(dl)
 
 
+def decode_checked(raw: bytes | str, expect: tuple | None = None, key: bytes | None = None) -> Envelope:
+    """:func:`models.events.decode_event` plus the event-time bounds (EVENT_MAX_AHEAD_SECONDS
+    ahead of this worker's clock, EVENT_TIME_FLOOR_MS) and, given the message ``key`` of a topic
+    keyed by token, that the key is the event's token: what every consumer in a worker accepts.
+
+    Raises:
+        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the token.
+    """
+    event = decode_event(raw, expect)
+    if key is not None and event.token is not None and key != event.token.encode():
+        raise EventError(f"message key {key!r} does not match token {event.token!r}")
+    check_event_time(event, int(time.time() * 1000), int(settings.event_max_ahead_seconds * 1000),
+                     settings.event_time_floor_ms)
+    return event
+
+
 async def valid_events(stream, expect: tuple, agent: str):
     """Iterate ``(event, decoded)`` over a stream's events; messages that fail to decode or do not
     belong (``expect``: allowed event classes) go to the dead letters with the reason."""
@@ -190,7 +208,7 @@ async def valid_events(stream, expect: tuple, agent: str):
     async for event in stream.events():
         received.inc()
         try:
-            decoded = decode_event(event.value, expect)
+            decoded = decode_checked(event.value, expect)
         except EventError as exc:
             await dead_letter(event.message, exc.reason, agent)
             continue

@@ -104,8 +104,9 @@ def run_kafka(events: list[dict], settings, *, workdir: Path, speed: float | Non
     TimeoutError when the worker fails or does not finish."""
     if not events:
         raise ValueError("no events to replay")
+    # History of any age replays: the event-time floor guards the live path, not a backtest.
     env = {**worker_env(settings), "EXCHANGE": "paper", "STORE_EVENTS": "false", "DASHBOARD_ENABLED": "false",
-           "STORE_URL": "memory://"}
+           "STORE_URL": "memory://", "EVENT_TIME_FLOOR_MS": "0"}
     stack = Stack(workdir, settings.database_url, **env)
     # No LLM (its answers depend on wall-clock latency) and no Discord alerts from a backtest.
     for key in ("ANTHROPIC_API_KEY", "DISCORD_WEBHOOK_URL"):

@@ -385,6 +385,27 @@ def decode_event(raw: bytes | str, expect: tuple[type[Envelope], ...] | None = N
     return event
 
 
+#: 2009-01-03 00:00 UTC, Bitcoin's first block: no crypto market event is older.
+EVENT_TIME_FLOOR_MS = 1_230_940_800_000
+
+
+def check_event_time(event: Envelope, now_ms: int, max_ahead_ms: int, floor_ms: int = EVENT_TIME_FLOOR_MS) -> None:
+    """Refuse an event whose ``timestamp`` (ms) is before ``floor_ms`` or more than
+    ``max_ahead_ms`` after ``now_ms`` (a runtime's watermark: the wall clock in a worker). One
+    tick from the future would otherwise make every real tick after it late, and hold marks and
+    bars at its price.
+
+    Raises:
+        EventError: the timestamp is out of bounds; ``reason`` says which bound and by how much.
+    """
+    ts = event.timestamp
+    if ts < floor_ms:
+        raise EventError(f"event time {ts} ms is before the floor {floor_ms} ms")
+    if ts > now_ms + max_ahead_ms:
+        raise EventError(f"event time {ts} ms is {(ts - now_ms) / 1000:.0f} s ahead of the clock "
+                         f"(at most {max_ahead_ms / 1000:.0f} s allowed)")
+
+
 def encode_event(event: Envelope) -> bytes:
     """JSON bytes of an event, the wire format (``None`` fields omitted)."""
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))

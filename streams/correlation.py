@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPIC_SPECS, app, emit, settings
+from app.main import TOPIC_SPECS, app, decode_checked, emit, settings
 from app.runtime import correlation as processor
 from core.metrics import PROCESSING_SECONDS
-from models.events import EventError, PriceMinute, SentimentUpdate, decode_event
+from models.events import EventError, PriceMinute, SentimentUpdate
 
 _latency = PROCESSING_SECONDS.labels("correlation")
 
@@ -26,7 +26,7 @@ async def correlation(stream):
     async for event in stream.events():
         t0 = time.perf_counter()
         try:
-            ev = decode_event(event.value, (SentimentUpdate, PriceMinute))
+            ev = decode_checked(event.value, (SentimentUpdate, PriceMinute))
         except EventError:
             continue  # the sentiment agent sends invalid updates to the dead letters
         for det in processor.process(ev):

@@ -7,8 +7,8 @@ are not notified (they are on the dashboard and in the event store).
 
 from __future__ import annotations
 
-from app.main import TOPICS, app, settings
-from models.events import EventError, RiskEvent, decode_event
+from app.main import TOPICS, app, decode_checked, settings
+from models.events import EventError, RiskEvent
 
 NOTIFIED = ("risk.critical", "risk.cascade_detected", "risk.alert")
 _notifier: dict = {"n": None}
@@ -35,7 +35,7 @@ async def notify_agent(stream):
         if n is None:
             continue
         try:
-            ev = decode_event(event.value, (RiskEvent,))
+            ev = decode_checked(event.value, (RiskEvent,))
         except EventError:
             continue  # the halt agent dead-letters it
         if ev.event_type in NOTIFIED:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, emit, valid_events
+from app.main import TOPICS, app, decode_checked, emit, valid_events
 from app.runtime import halt as halt_processor
 from app.runtime import risk as processor
 from app.sla import sla
 from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS
-from models.events import EventError, LiquidationEvent, PriceTick, RiskEvent, decode_event
+from models.events import EventError, LiquidationEvent, PriceTick, RiskEvent
 
 _latency = PROCESSING_SECONDS.labels("risk")
 _late = LATE_EVENTS.labels("risk")
@@ -28,9 +28,9 @@ async def risk(stream):
         t0 = time.perf_counter()
         received.inc()
         try:
-            tick = decode_event(event.value, (PriceTick,))
+            tick = decode_checked(event.value, (PriceTick,), event.key)
         except EventError:
-            continue  # the trading agent dead-letters it
+            continue  # the trading agent dead-letters it (the same checks)
         late = processor.late
         for out in processor.on_tick(tick):
             await emit(out)

@@ -19,10 +19,10 @@ import time
 
 import asyncpg
 
-from app.main import TOPICS, app, dead_letter, settings
+from app.main import TOPICS, app, dead_letter, decode_checked, settings
 from core.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
 from app.sla import sla
-from models.events import EventError, decode_event
+from models.events import EventError
 from store.eventstore import EventStore, Row
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ NOT_STORED = {"execution.requests"}
 
 
 def to_row(value: bytes) -> Row:
-    """Validate one message and make its row; raises :class:`EventError`."""
-    event = decode_event(value)
+    """Validate one message (event-time bounds included, so no row outside them reaches the
+    store) and make its row; raises :class:`EventError`."""
+    event = decode_checked(value)
     return Row(event.event_id, event.event_type, event.timestamp, event.token,
                value.decode() if isinstance(value, bytes) else value, event.source)
 

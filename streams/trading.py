@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, dead_letter, emit
+from app.main import TOPICS, app, dead_letter, decode_checked, emit
 from app.runtime import trading as processor
 from core.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, TICKS_CONSUMED
 from domain import indicators as ind
-from models.events import EventError, PriceTick, decode_event
+from models.events import EventError, PriceTick
 from processors.trading import CLOSED, DROP
 
 _latency = PROCESSING_SECONDS.labels("trading")
@@ -28,9 +28,7 @@ async def trading(stream):
     async for event in stream.noack().events():
         t0 = time.perf_counter()
         try:
-            tick = decode_event(event.value, (PriceTick,))
-            if event.key is not None and event.key != tick.token.encode():
-                raise EventError(f"message key {event.key!r} does not match token {tick.token!r}")
+            tick = decode_checked(event.value, (PriceTick,), event.key)
         except EventError as exc:
             await dead_letter(event.message, exc.reason, "trading")
             await stream.ack(event)

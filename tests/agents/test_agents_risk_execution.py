@@ -13,6 +13,7 @@ from models.events import (ConsensusDecision, LiquidationEvent, OrderEvent, Pric
 from streams.execution import execution
 from streams.portfolio import portfolio_agent
 from streams.risk import cascade, halt_agent, risk
+from streams.trading import trading
 from tables import halt, portfolio
 
 T0 = 1_723_161_280_000
@@ -158,3 +159,23 @@ async def test_out_of_order_and_invalid_ticks_do_not_move_marks(outputs):
                               b'"source":"x","price":NaN}' % str(uuid.uuid4()).encode(), key=b"BTC")
     assert not outputs["risk.alerts"].of("risk.critical")
     assert not outputs["orders"].sent
+
+
+async def test_ticks_out_of_event_time_bounds_or_keyed_to_another_token_move_nothing(outputs):
+    """A valid tick stamped in 2286 or in 1995, or keyed to another token, is refused by the
+    trading agent (dead letter with the reason) and by the risk agent: marks and bars follow the
+    real ticks around it."""
+    await build_5x_long(outputs)
+    bogus = [(tick(99_999.0, 10**13), b"BTC"), (tick(1.0, 788_918_400_000), b"BTC"),
+             (tick(99_999.0, T0 + 1500, token="SOL"), b"ETH")]
+    for agent_ in (risk, trading):
+        async with agent_.test_context() as agent:
+            await agent.put(value=encode_event(tick(50_000.0, T0 + 1000)), key=b"BTC")
+            for ev, key in bogus:
+                await agent.put(value=encode_event(ev), key=key)
+            await agent.put(value=encode_event(tick(49_000.0, T0 + 2000)), key=b"BTC")
+    assert runtime.risk.mark_price("BTC") == 49_000.0 and "SOL" not in runtime.risk.state.seen
+    assert runtime.trading.state.open["BTC"].bar.close == 49_000.0
+    reasons = [d["reason"] for d in outputs["dead.letters"].of("dead_letter")]
+    assert len(reasons) == 3
+    assert "ahead of the clock" in reasons[0] and "before the floor" in reasons[1] and "does not match" in reasons[2]
