@@ -45,13 +45,28 @@ def embed(event) -> dict:
 
 class DiscordNotifier:
     def __init__(self, webhook_url: str, batch_seconds: float = 2.0, max_queue: int = 1000,
-                 max_attempts: int = 5, username: str = "moondev risk"):
+                 max_attempts: int = 5, username: str = "moondev risk", max_wait_seconds: float = 60.0):
+        """``max_wait_seconds``: the longest a rate-limit answer (``retry_after``, the reset
+        headers) makes the notifier wait, whatever the server says."""
         self._url = webhook_url
         self.batch_seconds, self.max_attempts, self.username = batch_seconds, max_attempts, username
+        self.max_wait_seconds = max_wait_seconds
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._next_allowed = 0.0
+
+    def _seconds(self, *candidates) -> float:
+        """The first candidate that is a finite, non-negative number of seconds, capped at
+        ``max_wait_seconds``; 1 s when none is (a server's header is input like any other)."""
+        for value in candidates:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                continue
+            if seconds == seconds and seconds >= 0:  # not NaN
+                return min(seconds, self.max_wait_seconds)
+        return min(1.0, self.max_wait_seconds)
 
     def __repr__(self) -> str:
         return "DiscordNotifier(webhook=<redacted>)"
@@ -129,14 +144,15 @@ class DiscordNotifier:
                         NOTIFICATIONS.labels("rate_limited").inc()
                         try:
                             body = await resp.json(content_type=None)
-                            retry_after = float(body.get("retry_after"))
-                        except Exception:
-                            retry_after = float(headers.get("Retry-After", 1.0))
+                        except (ValueError, aiohttp.ContentTypeError):
+                            body = None
+                        retry_after = self._seconds(body.get("retry_after") if isinstance(body, dict) else None,
+                                                    headers.get("Retry-After"))
                         log.info("Discord rate limit: retrying in %.2fs", retry_after)
                         await asyncio.sleep(retry_after)
                         continue
                     if headers.get("X-RateLimit-Remaining") == "0":
-                        self._next_allowed = loop.time() + float(headers.get("X-RateLimit-Reset-After", 1.0))
+                        self._next_allowed = loop.time() + self._seconds(headers.get("X-RateLimit-Reset-After"))
                     if 200 <= resp.status < 300:
                         NOTIFICATIONS.labels("sent").inc()
                         return True

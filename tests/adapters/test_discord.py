@@ -93,3 +93,19 @@ async def test_server_errors_are_retried_and_the_url_is_never_logged(discord, ca
     assert "s3cr3t-t0ken" not in caplog.text and "/api/webhooks" not in caplog.text
     assert "unreachable" in caplog.text
     assert "s3cr3t" not in repr(n)
+
+
+@pytest.mark.parametrize("retry_after", ["soon", 1e9, float("nan"), -5])
+async def test_a_hostile_rate_limit_answer_neither_kills_nor_stalls_the_notifier(discord, retry_after):
+    """A 429 whose ``retry_after`` and headers are not numbers, are absurdly long, NaN or
+    negative: the wait is bounded (``max_wait_seconds``) and the message still goes out."""
+    discord.rate_limit_next, discord.retry_after = 1, retry_after
+    n = DiscordNotifier(discord.url, batch_seconds=0.1, max_wait_seconds=0.3)
+    await n.start()
+    t0 = time.monotonic()
+    n.notify(risk_event("risk.critical", "CRITICAL"))
+    await wait_for(lambda: len(discord.received) == 1, timeout=5.0)
+    n.notify(risk_event("risk.critical", "CRITICAL", i=1))  # the task is still alive
+    await wait_for(lambda: len(discord.received) == 2, timeout=5.0)
+    await n.stop()
+    assert discord.received[0][0] - t0 < 2.0
