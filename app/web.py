@@ -51,6 +51,8 @@ import json
 import logging
 import time
 
+import asyncpg
+
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -183,10 +185,18 @@ class Events(View):
             start, end = _time_arg(q.get("start"), "start"), _time_arg(q.get("end"), "end")
             limit = int(q.get("limit", "500"))
             types = [t for t in q.get("type", "").split(",") if t] or None
-            rows, cursor = await store.query(start, end, token=q.get("token") or None, event_types=types,
-                                             limit=limit, cursor=q.get("cursor") or None)
+            token = q.get("token") or None
+            for name, value in (("token", token), *(("type", t) for t in types or ())):
+                if value is not None and (len(value) > 64 or not value.isprintable()):
+                    raise ValueError(f"{name} must be at most 64 printable characters")
+            rows, cursor = await store.query(start, end, token=token, event_types=types, limit=limit,
+                                             cursor=q.get("cursor") or None)
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.exceptions.OperatorInterventionError) as exc:
+            log.warning("/events/: event store unavailable (%s)", type(exc).__name__)
+            return self.json({"error": "event store unavailable"}, status=503)
         return self.json({"events": [dict(r, data=json.loads(r["data"])) for r in rows], "next_cursor": cursor})
 
 

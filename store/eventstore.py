@@ -242,12 +242,20 @@ def encode_cursor(ts: datetime, event_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[int, uuid.UUID]:
     """Inverse of :func:`encode_cursor` as (timestamp ms, event id); raises ``ValueError``."""
     try:
+        if len(cursor) > 200:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         us, event_id = raw.split(":", 1)
-        return int(us) / 1000.0, uuid.UUID(event_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"bad cursor {cursor!r}") from exc
+        ms = int(us) / 1000.0
+        _ts(ms)
+        return ms, uuid.UUID(event_id)
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise ValueError(f"bad cursor {cursor[:80]!r}") from exc
 
 
 def _ts(ms: float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+    """UTC datetime of ``ms`` since the epoch; raises ``ValueError`` outside what datetime holds."""
+    try:
+        return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {ms!r} ms is out of range") from None

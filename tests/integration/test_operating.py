@@ -335,3 +335,25 @@ def test_f_read_auth_guards_views_but_not_probes(tmp_path, module_database_url):
     finally:
         stack.stop()
 
+
+
+def test_g_events_view_answers_400_for_every_bad_parameter(run):
+    """Out-of-range times, an oversized or forged cursor, NUL or overlong filters, a bad limit: each
+    a 400 with a reason, never a 500."""
+    import base64
+    import urllib.parse
+
+    _, worker = run
+    forged = base64.urlsafe_b64encode(f"{10**22}:{uuid.uuid4()}".encode()).decode()
+    for query in ({"start": "0", "end": str(10**20)}, {"start": "-1" + "0" * 30, "end": "1"},
+                  {"start": "0", "end": "1", "cursor": forged}, {"start": "0", "end": "1", "cursor": "A" * 5000},
+                  {"start": "0", "end": "1", "token": "\x00"}, {"start": "0", "end": "1", "type": "x" * 500},
+                  {"start": "0", "end": "1", "limit": "abc"}, {"start": "0", "end": "1", "limit": "0"},
+                  {"end": "1"}):
+        url = worker.url + "/events/?" + urllib.parse.urlencode(query)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                status, body = r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, json.loads(exc.read())
+        assert status == 400 and body.get("error"), (query, status, body)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import asyncpg
 
@@ -47,6 +49,12 @@ def test_database_outage_keeps_trading_and_stores_everything_once_after(tmp_path
                      if e["event_type"] == "trade.executed"]
             assert fills, "the live path trades while the database is down"
             assert w.metrics().get("moondev_sink_errors_total", 0) > 0, "the sink noticed and retried"
+            try:
+                urllib.request.urlopen(w.url + "/events/?start=0&end=1", timeout=30)
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == 503, "the event store is unavailable, not broken"
         finally:
             services("pg-up")
         deadline = time.monotonic() + 180
