@@ -66,6 +66,48 @@ class Stack:
             self.env["DATABASE_URL"] = database_url
         self.env.update({k.upper(): str(v) for k, v in settings.items()})
         self.workers: list[Worker] = []
+        self.topics_declared = False
+
+    def declare_topics(self, conn: dict | None = None, timeout: float = 30) -> None:
+        """Create the run's topics (the catalogue, under the run's prefix) and wait until the
+        broker's metadata lists every one. A consumer group member that subscribes to a topic
+        its metadata does not show yet ignores it until the next metadata refresh (minutes), and
+        the agent reading it would get nothing: a worker is started only once they exist.
+        ``conn``: aiokafka connection arguments (default: KAFKA_BROKER, plaintext)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        from models.topics import TOPIC_SPECS
+
+        prefix = self.env["TOPIC_PREFIX"]
+        if conn is None:
+            brokers = self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092")
+            conn = {"bootstrap_servers": [u.split("://", 1)[-1] for u in brokers.replace(";", ",").split(",") if u]}
+        specs = {prefix + name: spec for name, spec in TOPIC_SPECS.items()}
+
+        async def declare() -> None:
+            admin = AIOKafkaAdminClient(**conn)
+            await admin.start()
+            try:
+                missing = sorted(set(specs) - set(await admin.list_topics()))
+                if missing:
+                    await admin.create_topics([
+                        NewTopic(t, specs[t].partitions, 1,
+                                 topic_configs={"retention.ms": str(int(specs[t].retention.total_seconds() * 1000))})
+                        for t in missing])
+                deadline = time.monotonic() + timeout
+                while left := set(specs) - set(await admin.list_topics()):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"topics not in the broker's metadata after {timeout} s: {sorted(left)}")
+                    await asyncio.sleep(0.1)
+            finally:
+                await admin.close()
+
+        with ThreadPoolExecutor(1) as pool:  # callers may be inside an event loop
+            pool.submit(asyncio.run, declare()).result()
+        self.topics_declared = True
 
     def worker(self, name: str = "w1", **extra: str) -> "Worker":
         w = Worker(self, name, **extra)
@@ -101,6 +143,8 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: float = 120) -> "Worker":
+        if not self.stack.topics_declared:
+            self.stack.declare_topics()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([FAUST, "-A", "app", "worker", "-l", "info"], cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

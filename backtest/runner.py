@@ -116,6 +116,7 @@ def run_kafka(events: list[dict], settings, *, workdir: Path, speed: float | Non
     n_ticks = sum(1 for e in events if e["event_type"] == "price.tick")
     worker = stack.worker("backtest")
     try:
+        stack.declare_topics(conn)
         worker.start()
         t0 = time.monotonic()
         asyncio.run(_produce(conn, prefix, events, speed, progress))
