@@ -81,6 +81,10 @@ app = faust.App(
     topic_replication_factor=1,
     topic_partitions=5,
     consumer_auto_offset_reset="earliest",
+    # Faust's own /table/ views serve raw table contents with no authentication; the app's views
+    # replace them, and its /router/ (app.web) answers under READ_AUTH.
+    web_tables_enabled=False,
+    web_router_enabled=False,
     # The worker's features register themselves when Faust discovers these modules (at
     # ``faust -A app ...``), not when ``app`` is imported: agents (streams/, which lists its
     # modules), web views and CLI commands.

@@ -25,6 +25,8 @@
   replica gives the same answer; ``?token=`` filters by token.
 - ``GET /halt/``: the trading-halt flag per account (a global table: every worker has it).
 - ``GET /prices/``: the last price per token that positions are marked with (a global table).
+- ``GET /router/``: which worker holds which partitions of each table (Faust's router view; its
+  ``/table/`` views, which served raw table contents, are switched off).
 - ``GET /dashboard/``: the live dashboard page; ``/dashboard/ws/`` its WebSocket
   (:mod:`app.dashboard`); ``/static/...`` its vendored assets. The page and assets carry a
   Content-Security-Policy (own scripts, styles and WebSocket only); the page writes event fields
@@ -326,6 +328,16 @@ def origin_allowed(request: Request) -> bool:
         return True
     host = request.headers.get("Host", "")
     return bool(host) and origin in (f"http://{host}", f"https://{host}")
+
+
+@app.page("/router/")
+class Router(View):
+    """Which worker (host:port) holds which partitions of each table: Faust's own router view,
+    under READ_AUTH like the other read views."""
+
+    @read_auth
+    async def get(self, request: Request) -> Response:
+        return self.json(app.router.tables_metadata())
 
 
 @app.page("/dashboard/")

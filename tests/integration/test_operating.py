@@ -324,11 +324,15 @@ def test_f_read_auth_guards_views_but_not_probes(tmp_path, module_database_url):
     stack = Stack(tmp_path, database_url=module_database_url, READ_AUTH="true", CONTROL_TOKEN=OPERATOR)
     worker = stack.worker("ra").start()
     try:
-        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/", "/dashboard/ws/"):
+        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/", "/dashboard/ws/", "/router/"):
             assert status_of(worker.url + path) == 401, path
             assert status_of(worker.url + path, WRONG) == 401, path
-        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/"):
+        for path in ("/portfolio/", "/positions/", "/signals/", "/halt/", "/metrics/", "/router/"):
             assert status_of(worker.url + path, OPERATOR) == 200, path
+        # Faust's own table views served raw tables to anyone: they are gone
+        for path in ("/table/portfolio/paper/", "/table/execution_state/paper/", "/table/portfolio/"):
+            assert status_of(worker.url + path) == 404, path
+            assert status_of(worker.url + path, OPERATOR) == 404, path
         for path in ("/health/", "/health/live/", "/health/ready/", "/dashboard/", "/static/dashboard.js"):
             assert status_of(worker.url + path) == 200, path
         assert status_of(worker.url + "/static/../settings.py") == 404
