@@ -79,12 +79,12 @@ class Stack:
 
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+        from core.settings import bootstrap_servers
         from models.topics import TOPIC_SPECS
 
         prefix = self.env["TOPIC_PREFIX"]
         if conn is None:
-            brokers = self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092")
-            conn = {"bootstrap_servers": [u.split("://", 1)[-1] for u in brokers.replace(";", ",").split(",") if u]}
+            conn = {"bootstrap_servers": bootstrap_servers(self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092"))}
         specs = {prefix + name: spec for name, spec in TOPIC_SPECS.items()}
 
         async def declare() -> None:

@@ -53,8 +53,6 @@ import json
 import logging
 import time
 
-import asyncpg
-
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -65,6 +63,7 @@ from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
 from app.sla import emit_due
 from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
 from streams.portfolio import portfolio_view
+from store.eventstore import UNAVAILABLE
 from streams.sink import schema_ready, store
 from domain import sentiment as sm
 from feeds.files import parse_time_ms
@@ -195,8 +194,7 @@ class Events(View):
                                              cursor=q.get("cursor") or None)
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.exceptions.OperatorInterventionError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("/events/: event store unavailable (%s)", type(exc).__name__)
             return self.json({"error": "event store unavailable"}, status=503)
         return self.json({"events": [dict(r, data=json.loads(r["data"])) for r in rows], "next_cursor": cursor})

@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` of each broker in KAFKA_BROKER (``kafka://b1:9092;kafka://b2:9092``)."""
-        return [u.split("://", 1)[-1] for u in self.kafka_broker.replace(";", ",").split(",") if u]
+        return bootstrap_servers(self.kafka_broker)
 
     def aiokafka_connection(self) -> dict:
         """Arguments for a plain aiokafka client with these brokers and SASL/SSL settings."""
@@ -267,6 +267,11 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for a SPEC §3 topic name, with the configured prefix."""
         return f"{self.topic_prefix}{name}"
+
+
+def bootstrap_servers(kafka_broker: str) -> list[str]:
+    """``host:port`` of each broker in a Faust broker URL (``kafka://b1:9092;kafka://b2:9092``)."""
+    return [u.split("://", 1)[-1] for u in kafka_broker.replace(";", ",").split(",") if u]
 
 
 @lru_cache(maxsize=1)

@@ -92,17 +92,16 @@ class BarSeries:
     """One token's ticks and closed bars over a whole input: ``starts``/``closes`` of the closed
     bars, their indicators (float64 arrays, NaN for ``None``), whether the rule set may signal on
     each (``active``, and the indices of those bars in ``active_bars``), ``close_tick`` the index of
-    the tick that closes each bar; per tick ``px``, ``size`` and ``tick_start`` (its bar's start).
-    ``next`` is the next bar to close."""
+    the tick that closes each bar; per tick ``ts``, ``px`` and ``size``. ``next`` is the next bar
+    to close."""
 
-    __slots__ = ("starts", "closes", "values", "active", "active_bars", "close_tick", "px", "size",
-                 "tick_start", "next")
+    __slots__ = ("starts", "closes", "values", "active", "active_bars", "close_tick", "ts", "px", "size", "next")
 
     def __init__(self, starts: list[int], closes: list[float], values: dict, active: list[bool],
-                 close_tick: list[int], px: list[float], size: list, tick_start: list[int]):
+                 close_tick: list[int], ts: list[int], px: list[float], size: list):
         self.starts, self.closes, self.values, self.active, self.next = starts, closes, values, active, 0
         self.active_bars = [k for k, a in enumerate(active) if a]
-        self.close_tick, self.px, self.size, self.tick_start = close_tick, px, size, tick_start
+        self.close_tick, self.ts, self.px, self.size = close_tick, ts, px, size
 
     def at(self, i: int) -> dict[str, float | None]:
         """Bar ``i``'s indicators as :func:`domain.indicators.update` gives them."""
@@ -156,7 +155,7 @@ class TradingProcessor:
             may = self.rule_set.may_signal
             active = may(values, self.params) if may is not None else np.ones(len(closes), dtype=bool)
             self.series[token] = BarSeries(starts[last].tolist(), closes.tolist(), values, active.tolist(),
-                                           (last + 1).tolist(), px_l, size_l, starts.tolist())
+                                           (last + 1).tolist(), ts_l, px_l, size_l)
 
     def next_signal_tick(self, token: str) -> int | None:
         """With :meth:`use_series`: the index (among the token's ticks) of the next tick that
@@ -180,27 +179,13 @@ class TradingProcessor:
             pre.next = closed
             ob.last_closed = pre.starts[closed - 1]
             self.state.bars[token] = {"last_start": ob.last_closed}
-        first = pre.close_tick[closed - 1] if closed > 0 else 0  # the open bar's first tick
-        px, size = pre.px, pre.size
-        lo = max(a, first)
+        # the open bar: apply_tick over its ticks in this run (older ticks' bars are closed)
+        first = pre.close_tick[closed - 1] if closed > 0 else 0
+        ts, px, size, length = pre.ts, pre.px, pre.size, self.config.bar_ms
         bar = ob.bar
-        if first < a:
-            if bar is None or bar.start_ms != pre.tick_start[first]:
-                raise RuntimeError(f"{token}: the open bar is not the one tick {a} continues")
-        else:
-            p = px[lo]
-            bar = ob.bar = Bar(pre.tick_start[lo], p, p, p, p, p * (size[lo] or 0.0), 1)
-            lo += 1
-        if lo < b:
-            seg = px[lo:b]
-            bar.high = max(bar.high, max(seg))
-            bar.low = min(bar.low, min(seg))
-            bar.close = seg[-1]
-            vol = bar.volume
-            for p, z in zip(seg, size[lo:b]):
-                vol += p * (z or 0.0)  # apply_tick's notional, summed in the same order
-            bar.volume = vol
-            bar.ticks += b - lo
+        for k in range(max(a, first), b):
+            bar = apply_tick(bar, ts[k], px[k], px[k] * (size[k] or 0.0), length)[0]
+        ob.bar = bar
 
     def process(self, tick, partition=None) -> list:
         return self.on_tick(tick, partition)[0]

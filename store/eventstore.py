@@ -35,6 +35,11 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+
+#: Failures that mean the database could not be reached (down, restarting, refusing connections),
+#: not that it refused the rows or the query: a caller retries these, or answers 503.
+UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.exceptions.OperatorInterventionError)
 COLUMNS = ("event_id", "event_type", "timestamp", "token", "data", "source")
 
 _V1 = """

@@ -17,13 +17,11 @@ import asyncio
 import logging
 import time
 
-import asyncpg
-
 from app.main import TOPICS, app, dead_letter, decode_checked, settings
 from core.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_ROWS
 from app.sla import sla
 from models.events import EventError
-from store.eventstore import EventStore, Row
+from store.eventstore import UNAVAILABLE, EventStore, Row
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +46,8 @@ def to_row(value: bytes) -> Row:
 #: back instead of each sleeping out up to 10 s of its own backoff.
 write_succeeded = asyncio.Event()
 
-#: Failures that mean the database was unreachable (not that the rows were refused).
-UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-               asyncpg.exceptions.OperatorInterventionError)
-
-
 async def _backoff(delay: float, exc: Exception) -> None:
-    if not isinstance(exc, UNREACHABLE):  # refused rows would only fail again: wait out the delay
+    if not isinstance(exc, UNAVAILABLE):  # refused rows would only fail again: wait out the delay
         await asyncio.sleep(delay)
         return
     try:
