@@ -2,4 +2,4 @@
 its topic's messages, hands them to its processor (:mod:`app.runtime`) and sends what it answers.
 Invalid messages go to the dead letters with the reason. Importing this package registers them."""
 
-from streams import consensus, correlation, execution, notifier, portfolio, risk, sentiment, sink, trading  # noqa: F401
+from streams import consensus, correlation, execution, portfolio, risk, sentiment, sink, ticks  # noqa: F401

@@ -1,4 +1,5 @@
-"""Notifier agent: ``risk.alerts`` → Discord (when DISCORD_WEBHOOK_URL is set).
+"""Discord notifier of ``risk.alerts`` (when DISCORD_WEBHOOK_URL is set), fed by the ``halt``
+agent (:mod:`streams.risk`), the topic's one reader.
 
 ``risk.critical`` and ``risk.cascade_detected`` are sent at once, ``risk.alert`` batched within
 DISCORD_BATCH_SECONDS (≤ 5 s); see :mod:`notify.discord`. ``risk.ok`` and constraint violations
@@ -7,8 +8,7 @@ are not notified (they are on the dashboard and in the event store).
 
 from __future__ import annotations
 
-from app.main import TOPICS, app, decode_checked, settings
-from models.events import EventError, RiskEvent
+from app.main import settings
 
 NOTIFIED = ("risk.critical", "risk.cascade_detected", "risk.alert")
 _notifier: dict = {"n": None}
@@ -26,17 +26,3 @@ async def notifier():
         await n.start()
         _notifier["n"] = n
     return _notifier["n"]
-
-
-@app.agent(TOPICS["risk.alerts"], name="notifier")
-async def notify_agent(stream):
-    async for event in stream.events():
-        n = await notifier()
-        if n is None:
-            continue
-        try:
-            ev = decode_checked(event.value, (RiskEvent,))
-        except EventError:
-            continue  # the halt agent dead-letters it
-        if ev.event_type in NOTIFIED:
-            n.notify(ev)

@@ -17,7 +17,7 @@ from streams.consensus import consensus
 from domain.orders import client_order_id
 from streams.execution import execution
 from streams.portfolio import portfolio_agent
-from streams.trading import trading
+from streams.ticks import ticks as trading
 from tables import latest_prices, portfolio
 
 T0 = 1_723_161_280_000
@@ -185,13 +185,13 @@ async def test_trading_agent_replay_after_restart_rebuilds_open_bar_without_doub
 
 
 async def test_risk_agent_marks_to_market_and_alerts_above_max_leverage(outputs):
-    from streams import risk as rk
+    from streams.ticks import ticks
     from tables import exposures
 
     exposures.data[b"paper"] = {"cash": -200_000.0, "positions": {"BTC": {"size": 4.0, "entry_price": 60_000.0}}}
     def tick(ts, price):
         return PriceTick(event_id=new_event_id(), timestamp=ts, token="BTC", source="t", price=price)
-    async with rk.risk.test_context() as agent:
+    async with ticks.test_context() as agent:
         await agent.put(value=encode_event(tick(T0, 60_000.0)), key=b"BTC")  # equity 40k, leverage 6
         await agent.put(value=encode_event(tick(T0 + 1000, 60_100.0)), key=b"BTC")  # still high: no repeat
         runtime.exposures.invalidate()

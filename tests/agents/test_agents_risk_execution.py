@@ -12,8 +12,8 @@ from models.events import (ConsensusDecision, LiquidationEvent, OrderEvent, Pric
                            encode_event, new_event_id)
 from streams.execution import execution
 from streams.portfolio import portfolio_agent
-from streams.risk import cascade, halt_agent, risk
-from streams.trading import trading
+from streams.risk import cascade, halt_agent
+from streams.ticks import ticks
 from tables import halt, portfolio
 
 T0 = 1_723_161_280_000
@@ -41,7 +41,7 @@ async def test_critical_buffer_emits_risk_critical_and_one_force_close(outputs, 
     tune(runtime.portfolio, initial_cash_usd=100_000.0)
     tune(runtime.execution, initial_cash_usd=100_000.0)
     await build_5x_long(outputs)
-    async with risk.test_context() as agent:
+    async with ticks.test_context() as agent:
         for i, px in enumerate([50_000.0, 48_000.0, 46_000.0, 45_000.0, 44_900.0, 44_800.0]):
             await agent.put(value=encode_event(tick(px, T0 + 1000 * (i + 1))), key=b"BTC")
     alerts = outputs["risk.alerts"]
@@ -151,7 +151,7 @@ async def test_cascade_on_exposed_side_only(outputs):
 
 async def test_out_of_order_and_invalid_ticks_do_not_move_marks(outputs):
     await build_5x_long(outputs)
-    async with risk.test_context() as agent:
+    async with ticks.test_context() as agent:
         await agent.put(value=encode_event(tick(50_000.0, T0 + 2000)), key=b"BTC")
         await agent.put(value=encode_event(tick(30_000.0, T0 + 1000)), key=b"BTC")  # late: ignored
         await agent.put(value=b'{"event_type": "price.tick", "price": -1}', key=b"BTC")
@@ -163,17 +163,16 @@ async def test_out_of_order_and_invalid_ticks_do_not_move_marks(outputs):
 
 async def test_ticks_out_of_event_time_bounds_or_keyed_to_another_token_move_nothing(outputs):
     """A valid tick stamped in 2286 or in 1995, or keyed to another token, is refused by the
-    trading agent (dead letter with the reason) and by the risk agent: marks and bars follow the
-    real ticks around it."""
+    tick stream (dead letter with the reason) before the trading or the risk processor sees it:
+    marks and bars follow the real ticks around it."""
     await build_5x_long(outputs)
     bogus = [(tick(99_999.0, 10**13), b"BTC"), (tick(1.0, 788_918_400_000), b"BTC"),
              (tick(99_999.0, T0 + 1500, token="SOL"), b"ETH")]
-    for agent_ in (risk, trading):
-        async with agent_.test_context() as agent:
-            await agent.put(value=encode_event(tick(50_000.0, T0 + 1000)), key=b"BTC")
-            for ev, key in bogus:
-                await agent.put(value=encode_event(ev), key=key)
-            await agent.put(value=encode_event(tick(49_000.0, T0 + 2000)), key=b"BTC")
+    async with ticks.test_context() as agent:
+        await agent.put(value=encode_event(tick(50_000.0, T0 + 1000)), key=b"BTC")
+        for ev, key in bogus:
+            await agent.put(value=encode_event(ev), key=key)
+        await agent.put(value=encode_event(tick(49_000.0, T0 + 2000)), key=b"BTC")
     assert runtime.risk.mark_price("BTC") == 49_000.0 and "SOL" not in runtime.risk.state.seen
     assert runtime.trading.state.open["BTC"].bar.close == 49_000.0
     reasons = [d["reason"] for d in outputs["dead.letters"].of("dead_letter")]

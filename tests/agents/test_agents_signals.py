@@ -16,7 +16,7 @@ from domain import signals as rules
 from domain.bars import Bar
 from models.events import PriceMinute, PriceTick, SentimentUpdate, encode_event, new_event_id
 from processors import llm
-from streams import trading as tr
+from streams.ticks import ticks
 from streams.correlation import correlation
 from streams.sentiment import sentiment
 from tables import correlations
@@ -116,7 +116,7 @@ async def test_trading_agent_never_waits_for_the_llm(outputs, sample_path, monke
     monkeypatch.setattr(runtime.trading, "advisor", adv)
     rows = [r for r in read_ticks(sample_path) if r.token == "BTC"][:6000]
     try:
-        async with tr.trading.test_context() as agent:
+        async with ticks.test_context() as agent:
             for r in rows:
                 t = PriceTick(event_id=new_event_id(), timestamp=r.ts_ms, token=r.token, source="test", price=r.price,
                               size=r.size)
@@ -202,7 +202,7 @@ async def test_correlation_join_detects_and_boosts_the_trading_signal(outputs):
     closes = [100 + i * 0.5 for i in range(31)]  # too few bars for MACD and SMA(50): confidence 0.3
     plain = rules.evaluate(ind.compute(closes))
     correlations.data["BTC"] = dict(last, action=plain.action)
-    async with tr.trading.test_context() as agent:
+    async with ticks.test_context() as agent:
         for i, p in enumerate(closes + [200.0]):
             t = PriceTick(event_id=new_event_id(), timestamp=base + i * length, token="BTC", source="t", price=p)
             await agent.put(value=encode_event(t), key=b"BTC")

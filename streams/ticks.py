@@ -1,0 +1,84 @@
+"""The tick stream: one Faust agent on ``price.ticks`` that decodes and validates each tick once
+and hands it to every per-tick processor in turn, :class:`processors.trading.TradingProcessor`
+(bars, indicators, rules) and :class:`processors.risk.RiskProcessor` (marking, leverage,
+liquidation buffer, price moves), then sends what both answered.
+
+One agent rather than one per processor because Faust delivers a topic's every message to each
+agent reading it: each extra reader costs a dispatch and a decode per tick, which was most of the
+live path's per-tick cost. Each processor's own time per tick is in
+``moondev_processing_seconds{agent="trading"|"risk"}``, the whole step's (decode and sends
+included) in ``{agent="ticks"}``.
+
+A tick is acked only once the bar holding it has closed and been stored, so the committed offset
+never passes a tick of an open bar; after a crash or a rebalance the worker that owns the
+partition replays from that offset and the trading processor rebuilds the open bar exactly. The
+risk processor skips replayed ticks older than the last it saw of the token (its ``late`` count),
+and its events have ids derived from their inputs, so a replay adds nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.main import TOPICS, app, dead_letter, decode_checked, emit
+from app.runtime import risk as risk_processor
+from app.runtime import trading as trading_processor
+from app.sla import sla
+from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, TICKS_CONSUMED
+from domain import indicators as ind
+from models.events import EventError, PriceTick
+from processors.trading import CLOSED, DROP
+
+
+@app.agent(TOPICS["price.ticks"], name="ticks")
+async def ticks(stream):
+    ind.compute([1.0] * 60)  # JIT-compiles pandas-ta's numba kernels now, not in a view or a test
+    trading, risk = trading_processor, risk_processor
+    step_s, trading_s, risk_s = (PROCESSING_SECONDS.labels(a) for a in ("ticks", "trading", "risk"))
+    trading_late, risk_late = LATE_EVENTS.labels("trading"), LATE_EVENTS.labels("risk")
+    risk_in = AGENT_EVENTS.labels("risk", "in")
+    held: dict[str, list] = {}  # token -> unacked events of its open bar
+    async for event in stream.noack().events():
+        t0 = time.perf_counter()
+        try:
+            tick = decode_checked(event.value, (PriceTick,), event.key)
+        except EventError as exc:
+            await dead_letter(event.message, exc.reason, "trading")
+            await stream.ack(event)
+            continue
+        TICKS_CONSUMED.inc()
+        risk_in.inc()
+        if tick.ingest_ms:
+            TICK_RECEIVE_SECONDS.observe(max(0.0, time.time() - tick.ingest_ms / 1000.0))
+
+        t1 = time.perf_counter()
+        late = trading.late
+        outs, verdict = trading.on_tick(tick, event.message.tp)
+        if trading.late != late:
+            trading_late.inc(trading.late - late)
+        t2 = time.perf_counter()
+        late = risk.late
+        alerts = risk.on_tick(tick)
+        if risk.late != late:
+            risk_late.inc(risk.late - late)
+        t3 = time.perf_counter()
+        trading_s.observe(t2 - t1)
+        risk_s.observe(t3 - t2)
+
+        # Risk first: a force-close must not queue behind a signal.
+        for out in alerts:
+            await emit(out)
+            if out.event_type == "risk.alert" and tick.ingest_ms:
+                sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
+        for out in outs:
+            await emit(out)
+
+        if verdict == DROP:
+            await stream.ack(event)
+        elif verdict == CLOSED:
+            done, held[tick.token] = held.get(tick.token, []), [event]
+            for ev in done:
+                await stream.ack(ev)
+        else:
+            held.setdefault(tick.token, []).append(event)
+        step_s.observe(time.perf_counter() - t0)
