@@ -16,8 +16,7 @@ import time
 
 import faust
 
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-
+from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
 from core.settings import get_settings
@@ -109,8 +108,8 @@ app = faust.App(
 
 # Faust's own sensors (messages per topic, events per stream, send latency, rebalances, ...) into
 # the same registry as the domain metrics, under one fixed prefix so dashboards do not depend on
-# the app id.
-app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "faust"))
+# the app id; counted cheaply per message (app.monitor).
+app.monitor = LeanPrometheusMonitor(REGISTRY, "faust")
 
 #: SPEC topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
 #: create them with these partitions and retention instead of the broker's defaults.

@@ -110,3 +110,51 @@ def test_global_tables_apply_each_changelog_event_as_it_arrives():
     from tables import correlations, exposures, halt, latest_prices
     for table in (correlations, exposures, halt, latest_prices):
         assert table.is_global and table.recovery_buffer_size == 1 and table.standby_buffer_size == 1
+
+
+def test_light_histogram_and_counter_expose_what_prometheus_client_would():
+    """The tick path's lock-free histogram and counter give the same exposition as
+    prometheus-client's own for the same observations (bucket edges inclusive, +Inf, sum, count)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client import generate_latest
+
+    from core.metrics import LightCounter, LightHistogram
+
+    def samples(reg):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(generate_latest(reg).decode()) for s in fam.samples
+                if not s.name.endswith("_created")}
+
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    ours, ref = CollectorRegistry(), CollectorRegistry()
+    h, rh = (LightHistogram("x_seconds", "x", ["agent"], buckets, registry=ours),
+             Histogram("x_seconds", "x", ["agent"], buckets=buckets, registry=ref))
+    c, rc = LightCounter("n_total", "n", registry=ours), Counter("n_total", "n", registry=ref)
+    for v in (0.0, 0.001, 0.0010001, 0.05, 1.0, 7.5):
+        for agent in ("a", "b"):
+            h.labels(agent).observe(v)
+            rh.labels(agent).observe(v)
+        c.inc()
+        rc.inc()
+    assert samples(ours) == samples(ref)
+
+
+def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from app.monitor import LeanPrometheusMonitor
+
+    reg = CollectorRegistry()
+    mon = LeanPrometheusMonitor(reg, "faust")
+    tp = SimpleNamespace(topic="price.ticks", partition=3)
+    for offset in range(5):
+        mon.on_message_in(tp, offset, None)
+    mon.on_table_get(SimpleNamespace(name="halt"), "paper")
+    text = generate_latest(reg).decode()
+    assert "faust_messages_received_total 5.0" in text
+    assert 'faust_messages_received_per_topic_total{topic="price.ticks"} 5.0' in text
+    assert 'faust_table_operations_total{operation="keys_retrieved",table="table.halt"} 1.0' in text
+    assert "faust_total_sent_messages_total" in text  # the rarer hooks keep Faust's own metrics
