@@ -49,7 +49,7 @@ NOT_RESULT = {
     "discord_webhook_url", "discord_batch_seconds", "ingest_token_map", "binance_ws_url", "coinbase_ws_url",
     "hyperliquid_ws_url", "hyperliquid_ingest_users", "ingest_stale_seconds", "ingest_backoff_cap_seconds",
     "ingest_queue_size", "store_compress_after_days", "store_retention_days", "store_events", "sink_batch_size",
-    "sink_batch_seconds", "sink_max_pending_events", "control_token", "control_tokens", "read_auth",
+    "sink_batch_seconds", "control_token", "control_tokens", "read_auth",
     "control_rate_per_minute", "dashboard_enabled", "dashboard_max_clients", "dashboard_history",
     "dashboard_client_buffer_bytes", "dashboard_allowed_origins", "sla_limits_ms", "sla_event_interval_seconds",
     "event_max_ahead_seconds", "event_time_floor_ms",

@@ -175,9 +175,6 @@ class Settings(BaseSettings):
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_seconds: float = Field(0.25, gt=0)
-    #: Events a sink keeps reading (unacked, in memory) while PostgreSQL is down before it stops
-    #: reading its topic; ~1 KB each.
-    sink_max_pending_events: int = Field(500_000, ge=1)
 
     # --- web: access control, dashboard, SLA (SPEC §6, §7)
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as
