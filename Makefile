@@ -30,7 +30,7 @@ $(BIN)/.installed: pyproject.toml
 	@py=$$(scripts/find-python.sh) && echo "using $$py" && \
 	  { [ -x $(BIN)/python ] || "$$py" -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
 install: $(BIN)/.installed

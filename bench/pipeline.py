@@ -1,19 +1,27 @@
-"""Whole-path benchmark on the real local Kafka broker and PostgreSQL (``make up`` first).
+"""Whole-path benchmark on the real local Kafka broker and PostgreSQL (``make up`` first), measured
+against the ceiling of the framework and of the Kafka clients on the same topic in the same run.
 
-Two figures, each from a fresh isolated run (own app id, topics, tables) on the bundled real
-sample (35,389 Binance USD-M trades, BTC and ETH, 2024-08-08):
+Every figure is from a fresh isolated run (own app id, topics, tables) on the bundled real sample
+(35,389 Binance USD-M trades, BTC and ETH, 2024-08-08), produced to ``price.ticks`` first:
 
-1. **Throughput**: the sample is produced to ``price.ticks`` first, then one worker starts and
-   processes it through every stage (bars, indicators, signals, consensus, execution, portfolio,
-   risk, event-store sink). ticks/s = ticks / (time from the worker reporting ready until the last
-   tick is consumed by the trading agent and stored by the sink and the last fill is produced).
-2. **Latency**: with the worker running, the sample is fed live at each of ``--speeds`` (a
+1. **Ceilings** on that topic, each a fresh consumer group, messages/s from the first message to
+   the last: a raw aiokafka consumer decoding JSON; a raw confluent-kafka (librdkafka) consumer
+   decoding JSON; the bare Faust agent (:mod:`bench.bare_faust`: one agent that decodes and counts)
+   on Faust's aiokafka transport and on its ``confluent://`` transport.
+2. **Whole path, one worker**: a worker started on the pre-loaded topic runs every stage (bars,
+   indicators, signals, risk, consensus, execution, portfolio, event-store sink). ticks/s = ticks /
+   (from the first tick the tick stream consumed until the last tick is consumed and stored and the
+   last fill produced). Printed with its ratio to the bare Faust agent (goal ≥ 70 %).
+3. **Whole path, two workers** (``--workers2``): the same with two workers (each with its own web
+   port and data folder) started together on the same topics; ticks/s over both.
+4. **Latency**, live feed: with a worker running, the sample is fed at each of ``--speeds`` (a
    real-time multiple or ``max``; the sample averages ~100 ticks/s at 1× with bursts of up to
    2,050 ticks in one second, so 10× averages ~1,000 ticks/s with peaks far above); for every
    ``trade.executed``, latency = its Kafka message timestamp (producer wall clock) − ``ingest_ms``
-   of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms.
+   of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms
+   (goals: p99 < 50 ms at 1×, < 250 ms at 10×).
 
-    python bench/pipeline.py [--speeds 10,max] [--bar-seconds 1]
+    python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2]
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
@@ -35,25 +46,42 @@ from app.local import SAMPLE, Stack  # noqa: E402
 from core.settings import get_settings  # noqa: E402
 
 N_SAMPLE = 35389
+BROKER = get_settings().kafka_broker.split("://", 1)[-1]
 
 
-def wait_processed(worker, n: int, timeout: float = 600) -> float:
-    """Wall-clock time (s since epoch) at which every tick was consumed and stored."""
+class _Skip(Exception):
+    pass
+
+
+def metric_sum(workers, name: str) -> float:
+    total = 0.0
+    for w in workers:
+        try:
+            total += w.metrics().get(name, 0)
+        except OSError:
+            pass
+    return total
+
+
+def whole_path(workers, n: int, timeout: float = 900) -> tuple[float, float]:
+    """(wall time of the first tick consumed, of the last tick consumed and stored) over ``workers``
+    already starting; polled every 20 ms."""
     deadline = time.monotonic() + timeout
+    t_first = None
     while time.monotonic() < deadline:
-        m = worker.metrics()
-        ticks = m.get("moondev_ticks_consumed_total", 0)
-        stored = m.get('moondev_sink_rows_total{topic="price.ticks"}', 0)
-        if ticks >= n and stored >= n:
-            return time.time()
-        time.sleep(0.25)
-    raise TimeoutError(f"not processed within {timeout} s: {worker.log_tail()}")
+        ticks = metric_sum(workers, "moondev_ticks_consumed_total")
+        if t_first is None and ticks > 0:
+            t_first = time.time()
+        if t_first is not None and ticks >= n:
+            if metric_sum(workers, 'moondev_sink_rows_total{topic="price.ticks"}') >= n:
+                return t_first, time.time()
+        time.sleep(0.02 if t_first is None else 0.1)
+    raise TimeoutError(f"not processed within {timeout} s: {workers[0].log_tail()}")
 
 
 async def fills(topic: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
     """Every trade.executed on the topic as (Kafka timestamp ms, event)."""
-    broker = get_settings().kafka_broker.split("://", 1)[-1]
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     out: list[tuple[int, dict]] = []
@@ -72,52 +100,164 @@ async def fills(topic: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
     return out
 
 
+async def raw_aiokafka(topic: str, n: int) -> float:
+    """Seconds from the first to the n-th message of ``topic``, each decoded as JSON."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=f"bench-raw-{time.time_ns()}")
+    await consumer.start()
+    try:
+        got, t0 = 0, None
+        while got < n:
+            for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                for msg in msgs:
+                    json.loads(msg.value)
+                got += len(msgs)
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+def raw_confluent(topic: str, n: int) -> float | None:
+    """The same with confluent-kafka's consumer (librdkafka); None when it is not installed."""
+    try:
+        from confluent_kafka import Consumer
+    except ImportError:
+        return None
+    c = Consumer({"bootstrap.servers": BROKER, "group.id": f"bench-ck-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    try:
+        got, t0 = 0, None
+        while got < n:
+            msgs = c.consume(num_messages=1000, timeout=1.0)
+            if msgs and t0 is None:
+                t0 = time.perf_counter()
+            for m in msgs:
+                if m.error() is None:
+                    json.loads(m.value())
+                    got += 1
+        return time.perf_counter() - t0
+    finally:
+        c.close()
+
+
+def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float = 90) -> float | str | None:
+    """Seconds from the first to the n-th message in the bare Faust agent (a subprocess); None when
+    the transport's client is not installed, a reason when it consumed nothing within ``timeout``."""
+    if transport == "confluent":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            return None
+    env = {**os.environ, "BARE_TOPIC": topic, "BARE_N": str(n), "BARE_BROKER": f"{transport}://{BROKER}",
+           "BARE_APP_ID": f"bench-bare-{transport}-{time.time_ns()}", "BARE_DATA_DIR": str(workdir / f"bare-{transport}")}
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
+                               "--without-web"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not get through the {n} messages within {timeout:.0f} s"
+    for line in (proc.stdout + proc.stderr).splitlines():  # Faust's worker logs what its agents print
+        if "BARE " in line:
+            return float(line.split("BARE ", 1)[1].split()[1])
+    raise RuntimeError(f"bare Faust ({transport}) printed no result: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def rate(n: int, seconds: float | str | None) -> str:
+    if isinstance(seconds, str):
+        return seconds
+    return "n/a (not installed)" if seconds is None else f"{n / seconds:,.0f} msg/s"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--speeds", default="10,max", help="feed speeds for the latency runs (real-time multiples or max)")
+    ap.add_argument("--speeds", default="1,10", help="feed speeds for the latency runs (real-time multiples or max)")
     ap.add_argument("--bar-seconds", default="1")
+    ap.add_argument("--no-workers2", action="store_true", help="skip the two-worker run")
+    ap.add_argument("--latency-only", action="store_true", help="only the latency runs")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="moondev-bench-"))
 
-    # 1. throughput on a pre-loaded topic
+    # 1 + 2: ceilings and the whole path on one pre-loaded topic
+    if args.latency_only:
+        args.no_workers2 = True
     stack = Stack(tmp / "throughput", BAR_SECONDS=args.bar_seconds, CONSENSUS_MIN_AGENTS="1")
     try:
+        if args.latency_only:
+            raise _Skip
+        stack.declare_topics()
         stack.feed(SAMPLE, "max")
+        topic = stack.env["TOPIC_PREFIX"] + "price.ticks"
+        ceil = {
+            "raw aiokafka consumer + JSON decode": asyncio.run(raw_aiokafka(topic, N_SAMPLE)),
+            "raw confluent-kafka consumer + JSON decode": raw_confluent(topic, N_SAMPLE),
+            "bare Faust agent, aiokafka transport (kafka://)": bare_faust(topic, N_SAMPLE, "kafka", tmp),
+            "bare Faust agent, confluent transport (confluent://)": bare_faust(topic, N_SAMPLE, "confluent", tmp),
+        }
+        for name, secs in ceil.items():
+            print(f"ceiling: {name}: {rate(N_SAMPLE, secs)}", flush=True)
         w = stack.worker()
         w.start()
-        t_ready = time.time()
-        t_ticks = wait_processed(w, N_SAMPLE)
+        t_first, t_ticks = whole_path([w], N_SAMPLE)
         done = asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed"))
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
-        elapsed = max(t_ticks, t_last_fill) - t_ready
-        print(f"throughput: {N_SAMPLE} ticks through the whole path in {elapsed:.2f} s = "
-              f"{N_SAMPLE / elapsed:,.0f} ticks/s (one worker, {len(done)} fills)")
+        elapsed = max(t_ticks, t_last_fill) - t_first
+        whole = N_SAMPLE / elapsed
+        bare = N_SAMPLE / ceil["bare Faust agent, aiokafka transport (kafka://)"]
+        print(f"whole path, one worker: {N_SAMPLE} ticks in {elapsed:.2f} s = {whole:,.0f} ticks/s "
+              f"({len(done)} fills) = {whole / bare:.0%} of the bare Faust agent (goal >= 70 %)", flush=True)
+    except _Skip:
+        pass
     finally:
         stack.stop()
 
-    # 2. latency, live feed
+    # 3: two workers
+    if not args.no_workers2:
+        stack = Stack(tmp / "workers2", BAR_SECONDS=args.bar_seconds, CONSENSUS_MIN_AGENTS="1")
+        try:
+            stack.declare_topics()
+            stack.feed(SAMPLE, "max")
+            ws = [stack.worker("w1"), stack.worker("w2")]
+            for w in ws:
+                w.proc = None
+            import threading
+            starts = [threading.Thread(target=w.start) for w in ws]
+            for t in starts:
+                t.start()
+            t_first, t_ticks = whole_path(ws, N_SAMPLE)
+            for t in starts:
+                t.join()
+            elapsed = t_ticks - t_first
+            print(f"whole path, two workers: {N_SAMPLE} ticks in {elapsed:.2f} s = {N_SAMPLE / elapsed:,.0f} ticks/s "
+                  f"(one worker above: {whole:,.0f}; ticks consumed per worker: "
+                  f"{[int(metric_sum([w], 'moondev_ticks_consumed_total')) for w in ws]})", flush=True)
+        finally:
+            stack.stop()
+
+    # 4: latency, live feed
     for speed in [s.strip() for s in args.speeds.split(",") if s.strip()]:
         stack = Stack(tmp / f"latency-{speed}", BAR_SECONDS=args.bar_seconds, CONSENSUS_MIN_AGENTS="1")
         try:
             w = stack.worker()
             w.start()
             t0 = time.monotonic()
-            stack.feed(SAMPLE, speed, timeout=1200)
+            stack.feed(SAMPLE, speed, timeout=4000)
             feed_s = time.monotonic() - t0
-            wait_processed(w, N_SAMPLE)
+            whole_path([w], N_SAMPLE)
             lat = [ts - ev["ingest_ms"] for ts, ev in asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed"))
                    if ev.get("ingest_ms")]
             if lat:
                 print(f"latency tick→trade.executed at --speed {speed} "
                       f"(~{N_SAMPLE / feed_s:,.0f} ticks/s offered incl. feed start-up): n={len(lat)} "
-                      f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms")
+                      f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms", flush=True)
             else:
-                print(f"latency at --speed {speed}: no fills")
+                print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
             stack.stop()
 

@@ -1,0 +1,38 @@
+"""The bare-Faust ceiling: a one-agent Faust app that decodes each message of a topic as JSON and
+counts it; when it has seen BARE_N messages it prints ``BARE <n> <seconds from the first message
+to the last>`` and exits. Run by :mod:`bench.pipeline` as ``python bench/bare_faust.py worker``
+with BARE_TOPIC, BARE_N, BARE_BROKER (``kafka://…`` or ``confluent://…``), BARE_APP_ID and
+BARE_DATA_DIR in the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import faust
+
+app = faust.App(os.environ.get("BARE_APP_ID", "bare-faust"), broker=os.environ.get("BARE_BROKER", "kafka://127.0.0.1:9092"),
+                datadir=os.environ.get("BARE_DATA_DIR", "/tmp/bare-faust"), web_enabled=False,
+                key_serializer="raw", value_serializer="raw", consumer_auto_offset_reset="earliest")
+topic = app.topic(os.environ.get("BARE_TOPIC", "price.ticks"), key_type=bytes, value_type=bytes)
+N = int(os.environ.get("BARE_N", "1"))
+
+
+@app.agent(topic)
+async def count(stream):
+    n, t0 = 0, None
+    async for value in stream:
+        json.loads(value)
+        if t0 is None:
+            t0 = time.perf_counter()
+        n += 1
+        if n >= N:
+            print(f"BARE {n} {time.perf_counter() - t0:.4f}", flush=True)
+            sys.stdout.flush()
+            os._exit(0)
+
+
+if __name__ == "__main__":
+    app.main()
