@@ -121,6 +121,9 @@ class ExecutionProcessor:
         self._started = False
         self._lock: asyncio.Lock | None = None
         self._orders: dict = {}  # status -> its labelled counter (labels() takes a lock per call)
+        #: one at a time per account: a runtime may run a force-close in another task (the tick
+        #: stream) while the engine's own stream handles the same account
+        self._accounts: dict[str, asyncio.Lock] = {}
 
     def _count(self, status: str) -> None:
         child = self._orders.get(status)
@@ -143,12 +146,24 @@ class ExecutionProcessor:
 
     async def process(self, event, partition=None, account: str | None = None) -> list:
         """Handle one approval (``account``: the message key, else the configured account) or
-        force-close request; other order events (this processor's own) are ignored."""
+        force-close request; other order events (this processor's own) are ignored. Calls for
+        the same account run one at a time."""
         if isinstance(event, OrderEvent):
-            return await self.on_force_close(event.account, event) if event.event_type == "trade.force_close" else []
+            if event.event_type != "trade.force_close":
+                return []
+            async with self._lock_of(event.account):
+                return await self.on_force_close(event.account, event)
         if isinstance(event, ConsensusDecision) and event.event_type == "trade.consensus_approved":
-            return await self.on_approval(account or self.config.account, event)
+            account = account or self.config.account
+            async with self._lock_of(account):
+                return await self.on_approval(account, event)
         return []
+
+    def _lock_of(self, account: str) -> asyncio.Lock:
+        lock = self._accounts.get(account)
+        if lock is None:
+            lock = self._accounts[account] = asyncio.Lock()
+        return lock
 
     def _reject(self, common: dict, cloid: str, side: str, size: float, price: float | None, violation_type: str,
                 reason: str, metrics: dict, decision_id=None, reduce_only: bool = False) -> list:

@@ -4,19 +4,37 @@ Approvals are keyed by token, so ``route_approvals`` re-keys them by account ont
 ``execution.requests`` topic; force-close requests arrive on ``orders`` (keyed by account). The
 engine reads both topics (5 partitions each, co-partitioned with the account's ``portfolio`` and
 ``execution_state`` tables) and ignores its own ``trade.placed``/``rejected``.
+
+Force-close in the same step (:func:`force_close_now`): when the risk processor asks for a
+force-close on a tick and this worker owns the account's partition of the engine's input, the
+tick stream runs the engine on the request at once instead of waiting for it to come back from
+``orders``. The engine's table writes go to the account's partition, exactly as if the request
+had been read from ``orders``; the request is still sent to ``orders`` (the log keeps the command),
+and when the engine reads it there its client order id is already submitted, so nothing happens
+twice. The processor serializes the two paths per account.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
+import weakref
 
-from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, settings, valid_events
+import faust
+from faust.streams import _current_event
+from faust.types import TP
+from faust.types.tuples import Message
+
+from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, encode_event, settings, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
 from core.metrics import PROCESSING_SECONDS
 from models.events import ConsensusDecision, OrderEvent
 
 _latency = PROCESSING_SECONDS.labels("execution")
+_fast_latency = PROCESSING_SECONDS.labels("execution.force_close_now")
+ORDERS_TOPIC = settings.topic("orders")
 
 #: The engine's input: re-keyed approvals and the orders topic (for trade.force_close).
 EXECUTION_INPUT = app.topic(settings.topic("execution.requests"), settings.topic("orders"),
@@ -42,3 +60,37 @@ async def execution(stream):
                 # from the approving decision's (or force-close request's) produce time
                 sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
         _latency.observe(time.perf_counter() - t0)
+
+
+def _owned_partition(account: str) -> int | None:
+    """The partition of the engine's input (and of the account's tables) that holds ``account``,
+    if this worker is assigned it now; else None."""
+    try:
+        partition = app.producer.key_partition(ORDERS_TOPIC, account.encode()).partition
+        assigned = app.consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started, no metadata yet: take the normal path
+        return None
+    if partition is None or TP(ORDERS_TOPIC, partition) not in assigned:
+        return None
+    return partition
+
+
+async def force_close_now(request: OrderEvent) -> list | None:
+    """Run the engine on a ``trade.force_close`` in the caller's step when this worker owns the
+    account's partition; returns the events to emit after the request, or None when the request
+    must take the normal path (another worker owns the account)."""
+    partition = _owned_partition(request.account)
+    if partition is None:
+        return None
+    t0 = time.perf_counter()
+    value = encode_event(request)
+    # Table writes pick their changelog partition (and local store) from the current event: make
+    # it the request as the engine would read it from the orders topic.
+    message = Message(ORDERS_TOPIC, partition, -1, time.time(), 0, None, request.account.encode(), value, None,
+                      tp=TP(ORDERS_TOPIC, partition))
+    event = faust.Event(app, message.key, value, None, message)
+    ctx = contextvars.copy_context()
+    ctx.run(_current_event.set, weakref.ref(event))
+    out = await asyncio.get_running_loop().create_task(processor.process(request, partition), context=ctx)
+    _fast_latency.observe(time.perf_counter() - t0)
+    return out

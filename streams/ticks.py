@@ -14,6 +14,10 @@ never passes a tick of an open bar; after a crash or a rebalance the worker that
 partition replays from that offset and the trading processor rebuilds the open bar exactly. The
 risk processor skips replayed ticks older than the last it saw of the token (its ``late`` count),
 and its events have ids derived from their inputs, so a replay adds nothing.
+
+A ``trade.force_close`` the risk processor answers is executed in the same step when this worker
+owns the account (:func:`streams.execution.force_close_now`): the closing order reaches the
+exchange without a Kafka hop.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, TICK_REC
 from domain import indicators as ind
 from models.events import EventError, PriceTick
 from processors.trading import CLOSED, DROP
+from streams.execution import force_close_now
 
 
 @app.agent(TOPICS["price.ticks"], name="ticks")
@@ -65,11 +70,15 @@ async def ticks(stream):
         trading_s.observe(t2 - t1)
         risk_s.observe(t3 - t2)
 
-        # Risk first: a force-close must not queue behind a signal.
+        # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
+        # this worker owns the account (the engine runs on it here, streams.execution).
         for out in alerts:
             await emit(out)
             if out.event_type == "risk.alert" and tick.ingest_ms:
                 sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
+            elif out.event_type == "trade.force_close":
+                for done in await force_close_now(out) or ():
+                    await emit(done)
         for out in outs:
             await emit(out)
 

@@ -3,7 +3,8 @@ topics of a running worker, and what comes out of its topics is checked.
 
 (a) fills that build a 5× BTC long, then ticks that bring the price within 10 % of liquidation →
     ``risk.critical``, a ``trade.force_close``, reduce-only closing fills, ``position.closed``, and a
-    flat position in the portfolio view;
+    flat position in the portfolio view; the worker owns the account, so the engine closes the
+    position in the tick's own step, and the request read back from ``orders`` adds nothing;
 (b) an approval that would breach MAX_LEVERAGE → ``trade.rejected`` and
     ``risk.constraint_violation`` with the reason;
 (c) the same approval sent twice → one order.
@@ -102,5 +103,9 @@ def test_force_close_before_liquidation_and_constraints(worker):
     assert closed["size"] == 10.0 and closed["entry_price"] == 50_000.0
     view = w.get("/portfolio/acct-fc/")
     assert view["positions"] == {}
+    # closed in the tick's step, once: one placed order for the request (the engine's second look,
+    # at the request read back from orders, places nothing)
+    assert len(bus.of("trade.placed", account="acct-fc", client_order_id=fc["client_order_id"])) == 1
+    assert w.metrics().get('moondev_processing_seconds_count{agent="execution.force_close_now"}', 0) == 1
     # the leverage alert of the 5x position halted trading; it stays visible as a risk.alert
     assert [a for a in bus.of("risk.alert", account="acct-fc") if a["violation_type"] == "max_leverage"]
