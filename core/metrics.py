@@ -95,7 +95,7 @@ TICK_TO_FILL_SECONDS = Histogram(
     "moondev_tick_to_fill_seconds", "Wall-clock time from the tick's produce to its fill (seconds)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
 TICK_RECEIVE_SECONDS = LightHistogram(
-    "moondev_tick_receive_seconds", "Wall-clock time from a tick's produce to the trading agent reading it (seconds)",
+    "moondev_tick_receive_seconds", "Wall-clock time from a tick's produce to the tick stream reading it (seconds)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
 SINK_ROWS = Counter("moondev_sink_rows_total", "Rows written to the event store, by topic", ["topic"],
                     registry=REGISTRY)

@@ -30,9 +30,9 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from app.main import TOPICS, aiokafka_connection, app, dead_letter_event, decode_checked, emit, settings
+from app.main import TOPICS, aiokafka_connection, app, dead_letter, decode_checked, settings
 from app.sla import sla
-from core.metrics import DEAD_LETTERS, SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_LAG, SINK_ROWS
+from core.metrics import SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_LAG, SINK_ROWS
 from models.events import EventError
 from store.eventstore import EventStore, Row
 
@@ -113,10 +113,7 @@ async def _rows(records: list) -> tuple[list[Row], collections.Counter]:
             if name == "dead.letters":  # never dead-letter a dead letter (no loops)
                 log.error("invalid message on the dead-letter topic skipped: %s", exc.reason)
             elif name not in VALIDATED_ELSEWHERE:
-                log.warning("dead letter from %s[%s]@%s: %s", rec.topic, rec.partition, rec.offset, exc.reason)
-                DEAD_LETTERS.labels(rec.topic).inc()
-                await emit(dead_letter_event(rec.value or b"", exc.reason, f"sink.{name}", rec.topic, rec.partition,
-                                             rec.offset, rec.timestamp or 0))
+                await dead_letter(rec, exc.reason, f"sink.{name}", timestamp_ms=rec.timestamp or 0)
     return rows, per_topic
 
 
