@@ -42,8 +42,8 @@ def produced(worker, event_type: str) -> float:
 
 
 def settle(worker, dsn: str) -> None:
-    """Wait until every tick is processed and stored, every agent has caught up, and the event
-    store holds every fill and state change the worker produced, stable for two seconds."""
+    """Wait until every tick is processed and stored, the worker has stopped producing, and the
+    event store holds every fill and state change the worker produced, stable for two seconds."""
     def processed():
         m = worker.metrics()
         return (m.get("moondev_ticks_consumed_total", 0) >= N_TICKS
@@ -51,15 +51,20 @@ def settle(worker, dsn: str) -> None:
 
     wait_until(processed, 300, "all ticks consumed and stored")
 
-    def drained():
-        # every agent has read every message of its topics (the chain behind the last tick, from
-        # signals to fills, may still be running when the last tick is consumed)
-        # (table changelogs are left out: a worker's own writes show as unread there)
-        lag = {k: v for k, v in worker.metrics().items()
-               if k.startswith("moondev_consumer_lag{") and '-changelog"' not in k}
-        return lag and sum(lag.values()) == 0
+    # The chain behind the last tick (signals to fills) may still be running when the last tick
+    # is consumed: wait until the worker has produced nothing for 5 s (metric.sla_violation, emitted
+    # on the wall clock, aside).
+    last: dict = {"snap": None, "since": time.monotonic()}
 
-    wait_until(drained, 300, "every agent caught up (consumer lag 0)")
+    def quiescent():
+        snap = {k: v for k, v in worker.metrics().items()
+                if k.startswith("moondev_events_produced_total{") and "metric.sla_violation" not in k}
+        if snap != last["snap"]:
+            last["snap"], last["since"] = snap, time.monotonic()
+            return False
+        return time.monotonic() - last["since"] >= 5.0
+
+    wait_until(quiescent, 300, "the worker producing nothing for 5 s")
 
     def stored_all():
         # metric.sla_violation is the one type emitted on the wall clock (up to
