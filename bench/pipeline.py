@@ -57,7 +57,7 @@ def metric_sum(workers, name: str) -> float:
     total = 0.0
     for w in workers:
         try:
-            total += w.metrics().get(name, 0)
+            total += w.metrics(name.split("{", 1)[0]).get(name, 0)
         except OSError:
             pass
     return total
