@@ -17,7 +17,8 @@ Pushes (JSON text frames, one per event, ``{"type": ..., "event": {...}, "produc
   ``order``, ``trade`` deltas as they arrive (an ``alert`` also carries the account's ``halt``
   flag after it);
 - ``prices``: once a second, for each token that ticked, its 1-second points (``[[t_ms, price],
-  ...]``, last price of each event-time second) changed since the previous push.
+  ...]``, last price of each event-time second; when the hub reads a backlog, the last of each
+  fetched batch) changed since the previous push.
 
 The same bytes go to every client: one WebSocket frame is built per event and written to each
 client's transport without awaiting (RFC 6455 §5.2 framing; aiohttp's own writer would await a
@@ -121,6 +122,23 @@ class Hub:
                 self._apply_halt(event)
             self.recent[kind].append(event)
 
+    def _apply_last_prices(self, records: list) -> None:
+        """Fold in a fetched batch of one ``price.ticks`` partition as each token's last valid tick
+        (looked for from the newest back): the chart keeps one price per second, and a batch spans
+        well under a second of ticks when the hub keeps up (decoding every tick cost the worker
+        as much as a tenth of the tick path). While the hub reads its start-up history it takes
+        every tick."""
+        done: set = set()
+        for record in reversed(records):
+            if record.key in done:
+                continue
+            try:
+                tick = decode_checked(record.value, key=record.key)
+            except EventError:
+                continue
+            done.add(record.key)
+            self.apply("price", {"token": tick.token, "price": getattr(tick, "price", None), "timestamp": tick.timestamp})
+
     def _apply_halt(self, event: dict) -> None:
         # The same transition as the halt agent's, for display; the halt table stays the authority.
         account = event.get("account")
@@ -207,6 +225,9 @@ class Hub:
                 live = self.ready.is_set()
                 for tp, records in batches.items():
                     kind = kinds[tp]
+                    if kind == "price" and live:
+                        self._apply_last_prices(records)
+                        records = ()
                     for record in records:
                         try:
                             # the agents' own validation, event-time bounds included: what they
@@ -215,12 +236,12 @@ class Hub:
                         except EventError:
                             continue
                         if kind == "price":
-                            event = {"token": decoded.token, "price": getattr(decoded, "price", None),
-                                     "timestamp": decoded.timestamp}
-                        else:
-                            event = orjson.loads(record.value)
+                            self.apply(kind, {"token": decoded.token, "price": getattr(decoded, "price", None),
+                                              "timestamp": decoded.timestamp})
+                            continue
+                        event = orjson.loads(record.value)
                         self.apply(kind, event)
-                        if live and kind != "price" and self.clients:
+                        if live and self.clients:
                             message = {"type": kind, "event": event, "produced_ms": record.timestamp}
                             if kind == "alert":
                                 message["halt"] = self.halt.get(event.get("account"))

@@ -8,7 +8,6 @@ metadata on the wire, so producers in any language can write these topics.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import logging
 import ssl
@@ -20,7 +19,7 @@ from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
 from core.settings import get_settings
-from models.events import (NUL_ESCAPE, DeadLetter, Envelope, EventError, check_event_time, decode_event, derived_id,
+from models.events import (Envelope, EventError, dead_letter_event, decode_checked_at,  # noqa: F401  (re-exported)
                            encode_event)
 from models.topics import TOPIC_OF_EVENT, TOPIC_SPECS, key_of  # noqa: F401  (re-exported for the app's modules)
 
@@ -102,6 +101,10 @@ app = faust.App(
     # replayed by the next owner, and every agent is idempotent under replay.
     stream_wait_empty=False,
     web_in_thread=False,
+    # A topic the worker has just created may be missing from the broker's first metadata answer;
+    # the group then assigns without it until the consumer's next metadata refresh (Faust's
+    # default: 5 minutes, during which the tables reading it never recover). 10 s bounds that.
+    consumer_metadata_max_age_ms=10_000,
     broker_session_timeout=settings.kafka_session_timeout_seconds,
     broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
 )
@@ -155,27 +158,6 @@ async def _declare_on_start() -> None:
     await declare_topics()
 
 
-def dead_letter_event(raw: bytes | str, reason: str, source: str, topic: str, partition: int | None,
-                      offset: int | None, timestamp_ms: int, id_parts: tuple = ()) -> DeadLetter:
-    """The dead letter of a message or frame that failed to parse or validate, always storable.
-
-    ``topic``/``partition``/``offset`` locate it (for a WebSocket frame: ``ws:<feed>``, no
-    partition, the frame's number); the id derives from them (and ``id_parts``, for locations that
-    are not unique on their own), so a redelivered bad message is stored once.
-    """
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="replace")
-    # NUL cannot be stored in jsonb: replace it too, and keep the exact bytes in base64.
-    text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    b64 = None
-    if text.encode("utf-8") != raw or NUL_ESCAPE in raw:
-        b64 = base64.b64encode(raw).decode()
-        text = text.replace(NUL_ESCAPE.decode(), "\\ufffd")
-    return DeadLetter(event_id=derived_id("dead_letter", topic, partition, offset, *id_parts), timestamp=timestamp_ms,
-                      source=source, raw=text[:100_000], raw_b64=b64, topic=topic, partition=partition,
-                      offset=offset, reason=reason[:2000])
-
-
 async def dead_letter(message, reason: str, agent: str, timestamp_ms: int | None = None) -> None:
     """Send a Kafka message that failed to parse or validate to the dead-letter topic with the
     reason. ``message``: a Faust message (``event.message``, timestamp in seconds) or, with its
@@ -197,12 +179,8 @@ def decode_checked(raw: bytes | str, expect: tuple | None = None, key: bytes | N
     Raises:
         EventError: as ``decode_event``, an event time out of bounds, or a key that is not the token.
     """
-    event = decode_event(raw, expect)
-    if key is not None and event.token is not None and key != event.token.encode():
-        raise EventError(f"message key {key!r} does not match token {event.token!r}")
-    check_event_time(event, int(time.time() * 1000), int(settings.event_max_ahead_seconds * 1000),
-                     settings.event_time_floor_ms)
-    return event
+    return decode_checked_at(raw, int(time.time() * 1000), int(settings.event_max_ahead_seconds * 1000),
+                             settings.event_time_floor_ms, expect, key)
 
 
 async def valid_events(stream, expect: tuple, agent: str):

@@ -7,7 +7,8 @@ keeps its metrics for what happens rarely (sends, commits, assignments, rebalanc
 the per-message and per-table-access ones by plain integer counts that a collector turns into the
 same families at scrape time: ``faust_messages_received_total``,
 ``faust_messages_received_per_topic_total{topic}``, ``faust_total_events_total``,
-``faust_total_events_per_stream_total{stream}`` and ``faust_table_operations_total{table,operation}``.
+``faust_total_events_per_stream_total{stream}``, ``faust_table_operations_total{table,operation}``
+and the end offset of each fetched partition, ``faust_topic_partition_end_offset{topic,partition}``.
 Left out: the per-partition last-offset gauge (``moondev_consumer_lag`` has the lag), the active
 message/event gauges and the per-event runtime histogram (``moondev_processing_seconds`` has each
 stage's time).
@@ -20,12 +21,13 @@ from typing import Any
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 #: The FaustMetrics fields updated per message or per table access, replaced by counts.
 _PER_MESSAGE = ("messages_received", "active_messages", "messages_received_per_topics",
                 "messages_received_per_topics_partition", "total_events", "total_active_events",
-                "total_events_per_stream", "events_runtime_latency", "table_operations")
+                "total_events_per_stream", "events_runtime_latency", "table_operations",
+                "topic_partition_end_offset")
 
 
 class LeanPrometheusMonitor(PrometheusMonitor):
@@ -58,6 +60,10 @@ class LeanPrometheusMonitor(PrometheusMonitor):
 
     def on_message_out(self, tp, offset, message) -> None:
         pass
+
+    def track_tp_end_offset(self, tp, offset: int) -> None:
+        # Called for every partition of every fetch: a dict store, exported at scrape time.
+        self.tp_end_offsets[tp] = offset
 
     def on_table_get(self, table, key) -> None:
         self.table_ops[(table.name, self.KEYS_RETRIEVED)] += 1
@@ -92,3 +98,8 @@ class _Collector:
         for (table, op), n in list(m.table_ops.items()):
             tables.add_metric([f"table.{table}", op], n)
         yield tables
+        ends = GaugeMetricFamily(f"{p}_topic_partition_end_offset", "Offset ends per topic and partition",
+                                 labels=["topic", "partition"])
+        for tp, offset in list(m.tp_end_offsets.items()):
+            ends.add_metric([tp.topic, str(tp.partition)], offset)
+        yield ends

@@ -104,6 +104,8 @@ SINK_BATCH_SECONDS = Histogram("moondev_sink_batch_seconds", "Event-store batch 
                                registry=REGISTRY)
 SINK_LAG = Gauge("moondev_sink_lag", "Events the event-store sink has yet to store, by topic (this worker's "
                  "partitions: high watermark - position)", ["topic"], registry=REGISTRY)
+SINK_RESTARTS = Counter("moondev_sink_restarts_total", "Event-store sink processes that exited and were restarted",
+                        registry=REGISTRY)
 SINK_ERRORS = Counter("moondev_sink_errors_total", "Failed event-store batch writes (retried)", registry=REGISTRY)
 CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], registry=REGISTRY)

@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_seconds: float = Field(0.25, gt=0)
+    #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
+    sink_nice: int = Field(10, ge=0, le=19)
 
     # --- web: access control, dashboard, SLA (SPEC §6, §7)
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as

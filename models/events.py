@@ -12,6 +12,7 @@ carried along the chain so tick-to-fill latency can be measured on replayed (his
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import uuid
 from typing import Annotated, Any, Literal, Union
@@ -404,6 +405,43 @@ def check_event_time(event: Envelope, now_ms: int, max_ahead_ms: int, floor_ms: 
     if ts > now_ms + max_ahead_ms:
         raise EventError(f"event time {ts} ms is {(ts - now_ms) / 1000:.0f} s ahead of the clock "
                          f"(at most {max_ahead_ms / 1000:.0f} s allowed)")
+
+
+def decode_checked_at(raw: bytes | str, now_ms: int, max_ahead_ms: int, floor_ms: int = EVENT_TIME_FLOOR_MS,
+                      expect: tuple | None = None, key: bytes | None = None) -> Envelope:
+    """:func:`decode_event` plus :func:`check_event_time` against ``now_ms`` and, given the
+    message ``key`` of a topic keyed by token, that the key is the event's token: what every
+    consumer of a topic accepts.
+
+    Raises:
+        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the token.
+    """
+    event = decode_event(raw, expect)
+    if key is not None and event.token is not None and key != event.token.encode():
+        raise EventError(f"message key {key!r} does not match token {event.token!r}")
+    check_event_time(event, now_ms, max_ahead_ms, floor_ms)
+    return event
+
+
+def dead_letter_event(raw: bytes | str, reason: str, source: str, topic: str, partition: int | None,
+                      offset: int | None, timestamp_ms: int, id_parts: tuple = ()) -> DeadLetter:
+    """The dead letter of a message or frame that failed to parse or validate, always storable.
+
+    ``topic``/``partition``/``offset`` locate it (for a WebSocket frame: ``ws:<feed>``, no
+    partition, the frame's number); the id derives from them (and ``id_parts``, for locations that
+    are not unique on their own), so a redelivered bad message is stored once.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="replace")
+    # NUL cannot be stored in jsonb: replace it too, and keep the exact bytes in base64.
+    text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    b64 = None
+    if text.encode("utf-8") != raw or NUL_ESCAPE in raw:
+        b64 = base64.b64encode(raw).decode()
+        text = text.replace(NUL_ESCAPE.decode(), "\\ufffd")
+    return DeadLetter(event_id=derived_id("dead_letter", topic, partition, offset, *id_parts), timestamp=timestamp_ms,
+                      source=source, raw=text[:100_000], raw_b64=b64, topic=topic, partition=partition,
+                      offset=offset, reason=reason[:2000])
 
 
 def encode_event(event: Envelope) -> bytes:

@@ -180,14 +180,14 @@ async def test_ticks_out_of_event_time_bounds_or_keyed_to_another_token_move_not
     assert "ahead of the clock" in reasons[0] and "before the floor" in reasons[1] and "does not match" in reasons[2]
 
 
-async def test_event_store_sink_rows_and_dead_letters_of_unvalidated_topics(outputs):
+def test_event_store_sink_rows_and_dead_letters_of_unvalidated_topics():
     """The sink's batch step: valid events become rows counted by topic; an invalid message on a
-    topic no agent reads goes to the dead letters (once, with its location and the reason); one on
+    topic no agent reads becomes a dead letter (once, with its location and the reason); one on
     a topic an agent validates is left to that agent."""
     from types import SimpleNamespace
 
     from app.main import settings
-    from streams import sink
+    from store import sink
 
     good = tick(50_000.0, T0 + 1000)
     records = [SimpleNamespace(topic=settings.topic("price.ticks"), partition=0, offset=7, timestamp=T0,
@@ -196,8 +196,8 @@ async def test_event_store_sink_rows_and_dead_letters_of_unvalidated_topics(outp
                                key=b"BTC", value=b'{"not": "an event"'),
                SimpleNamespace(topic=settings.topic("price.ticks"), partition=1, offset=3, timestamp=T0,
                                key=b"BTC", value=b"junk")]
-    rows, per_topic = await sink._rows(records)
+    rows, per_topic, dead = sink.rows_of(records, sink.stored_topics(settings), settings)
     assert [r.event_id for r in rows] == [good.event_id] and dict(per_topic) == {"price.ticks": 1}
-    (dl,) = outputs["dead.letters"].of("dead_letter")
+    (dl,) = [d.model_dump() for d in dead]
     assert (dl["topic"], dl["partition"], dl["offset"], dl["timestamp"]) == (settings.topic("whale.activity"), 2, 9, T0)
     assert dl["source"] == "sink.whale.activity" and dl["reason"]

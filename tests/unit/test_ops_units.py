@@ -145,6 +145,8 @@ def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
 
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from faust.types import TP
+
     from app.monitor import LeanPrometheusMonitor
 
     reg = CollectorRegistry()
@@ -153,7 +155,9 @@ def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
     for offset in range(5):
         mon.on_message_in(tp, offset, None)
     mon.on_table_get(SimpleNamespace(name="halt"), "paper")
+    mon.track_tp_end_offset(TP("price.ticks", 3), 42)
     text = generate_latest(reg).decode()
+    assert 'faust_topic_partition_end_offset{partition="3",topic="price.ticks"} 42.0' in text
     assert "faust_messages_received_total 5.0" in text
     assert 'faust_messages_received_per_topic_total{topic="price.ticks"} 5.0' in text
     assert 'faust_table_operations_total{operation="keys_retrieved",table="table.halt"} 1.0' in text
