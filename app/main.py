@@ -16,11 +16,11 @@ import time
 import faust
 
 from app.monitor import LeanPrometheusMonitor
-from core.metrics import AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
+from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
 from core.settings import get_settings
-from models.events import (Envelope, EventError, dead_letter_event, decode_checked_at,  # noqa: F401  (re-exported)
-                           encode_event)
+from models.events import (AgentError, Envelope, EventError, dead_letter_event,  # noqa: F401  (re-exported)
+                           decode_checked_at, derived_id, encode_event)
 from models.topics import TOPIC_OF_EVENT, TOPIC_SPECS, key_of  # noqa: F401  (re-exported for the app's modules)
 
 log = logging.getLogger("moondev")
@@ -181,6 +181,48 @@ def decode_checked(raw: bytes | str, expect: tuple | None = None, key: bytes | N
     """
     return decode_checked_at(raw, int(time.time() * 1000), int(settings.event_max_ahead_seconds * 1000),
                              settings.event_time_floor_ms, expect, key)
+
+
+class survive:
+    """``async with survive(agent, event, decoded):`` around one message's handling, so that no
+    single message stops an agent. Any exception (cancellation aside) is logged with its
+    traceback, counted in ``moondev_agent_errors_total{agent}``, reported as an ``agent.error``
+    event (agent, exception class and message, the message's location and event id) and the
+    message goes to the dead letters with the exception as its reason; then the stream goes on.
+    Reporting never raises: a failure to send is logged. State a handler changed before it
+    raised stays changed."""
+
+    def __init__(self, agent: str, event, decoded: Envelope | None = None) -> None:
+        self.agent, self.event, self.decoded = agent, event, decoded
+
+    async def __aenter__(self) -> "survive":
+        return self
+
+    async def __aexit__(self, typ, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # CancelledError and KeyboardInterrupt are BaseExceptions: not ours
+        await report_error(self.agent, self.event.message, exc, self.decoded)
+        return True
+
+
+async def report_error(agent: str, message, exc: BaseException, decoded: Envelope | None = None) -> None:
+    """The ``agent.error`` event and the dead letter of a message whose handling raised ``exc``
+    (see :class:`survive`)."""
+    reason = f"{type(exc).__name__} in {agent}: {exc}"[:2000]
+    log.error("agent %s failed on %s[%s]@%s: %s", agent, message.topic, message.partition, message.offset, reason,
+              exc_info=exc)
+    AGENT_ERRORS.labels(agent).inc()
+    event_id = getattr(decoded, "event_id", None)
+    try:
+        await emit(AgentError(
+            event_id=derived_id("agent.error", agent, message.topic, message.partition, message.offset),
+            timestamp=int(time.time() * 1000), token=getattr(decoded, "token", None), source=agent,
+            correlation_id=getattr(decoded, "correlation_id", None), agent=agent, error=reason,
+            context={"exception": type(exc).__name__, "topic": message.topic, "partition": message.partition,
+                     "offset": message.offset, "event_id": str(event_id) if event_id else None}))
+        await dead_letter(message, reason, agent)
+    except Exception:  # noqa: BLE001 - the report must not take the agent down either
+        log.exception("agent %s: could not report the error above", agent)
 
 
 async def valid_events(stream, expect: tuple, agent: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, dead_letter, emit, valid_events
+from app.main import TOPICS, app, dead_letter, emit, survive, valid_events
 from app.runtime import consensus as processor
 from core.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_TO_DECISION_SECONDS
 from models.events import SignalError, SignalGenerated
@@ -17,16 +17,17 @@ _late = LATE_EVENTS.labels("consensus")
 @app.agent(TOPICS["signal.generated"], name="consensus")
 async def consensus(stream):
     async for event, sig in valid_events(stream, (SignalGenerated, SignalError), "consensus"):
-        t0 = time.perf_counter()
-        if event.key is not None and event.key != sig.token.encode():
-            await dead_letter(event.message, f"message key {event.key!r} does not match token {sig.token!r}",
-                              "consensus")
-            continue
-        late = processor.late
-        for decision in processor.process(sig, event.message.partition):
-            await emit(decision)
-            if decision.ingest_ms:
-                TICK_TO_DECISION_SECONDS.observe(max(0.0, time.time() - decision.ingest_ms / 1000.0))
-        if processor.late != late:
-            _late.inc(processor.late - late)
-        _latency.observe(time.perf_counter() - t0)
+        async with survive("consensus", event, sig):
+            t0 = time.perf_counter()
+            if event.key is not None and event.key != sig.token.encode():
+                await dead_letter(event.message, f"message key {event.key!r} does not match token {sig.token!r}",
+                                  "consensus")
+                continue
+            late = processor.late
+            for decision in processor.process(sig, event.message.partition):
+                await emit(decision)
+                if decision.ingest_ms:
+                    TICK_TO_DECISION_SECONDS.observe(max(0.0, time.time() - decision.ingest_ms / 1000.0))
+            if processor.late != late:
+                _late.inc(processor.late - late)
+            _latency.observe(time.perf_counter() - t0)

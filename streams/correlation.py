@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPIC_SPECS, app, decode_checked, emit, settings
+from app.main import TOPIC_SPECS, app, decode_checked, emit, settings, survive
 from app.runtime import correlation as processor
 from core.metrics import PROCESSING_SECONDS
 from models.events import EventError, PriceMinute, SentimentUpdate
@@ -29,6 +29,7 @@ async def correlation(stream):
             ev = decode_checked(event.value, (SentimentUpdate, PriceMinute))
         except EventError:
             continue  # the sentiment agent sends invalid updates to the dead letters
-        for det in processor.process(ev):
-            await emit(det)
-        _latency.observe(time.perf_counter() - t0)
+        async with survive("correlation", event, ev):
+            for det in processor.process(ev):
+                await emit(det)
+            _latency.observe(time.perf_counter() - t0)

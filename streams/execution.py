@@ -26,7 +26,7 @@ from faust.streams import _current_event
 from faust.types import TP
 from faust.types.tuples import Message
 
-from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, encode_event, settings, valid_events
+from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
 from core.metrics import PROCESSING_SECONDS
@@ -45,21 +45,23 @@ EXECUTION_INPUT = app.topic(settings.topic("execution.requests"), settings.topic
 @app.agent(TOPICS["consensus"], name="route_approvals")
 async def route_approvals(stream):
     async for event, decision in valid_events(stream, (ConsensusDecision,), "route_approvals"):
-        if decision.event_type == "trade.consensus_approved":
-            await OUTPUTS["execution.requests"].send(key=settings.account.encode(), value=event.value)
+        async with survive("route_approvals", event, decision):
+            if decision.event_type == "trade.consensus_approved":
+                await OUTPUTS["execution.requests"].send(key=settings.account.encode(), value=event.value)
 
 
 @app.agent(EXECUTION_INPUT, name="execution")
 async def execution(stream):
     async for event, req in valid_events(stream, (ConsensusDecision, OrderEvent), "execution"):
-        t0 = time.perf_counter()
-        account = event.key.decode() if event.key else None
-        for out in await processor.process(req, event.message.partition, account=account):
-            await emit(out)
-            if out.event_type == "trade.placed" and event.message.timestamp:
-                # from the approving decision's (or force-close request's) produce time
-                sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
-        _latency.observe(time.perf_counter() - t0)
+        async with survive("execution", event, req):
+            t0 = time.perf_counter()
+            account = event.key.decode() if event.key else None
+            for out in await processor.process(req, event.message.partition, account=account):
+                await emit(out)
+                if out.event_type == "trade.placed" and event.message.timestamp:
+                    # from the approving decision's (or force-close request's) produce time
+                    sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
+            _latency.observe(time.perf_counter() - t0)
 
 
 def _owned_partition(account: str) -> int | None:

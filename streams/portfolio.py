@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, emit, valid_events
+from app.main import TOPICS, app, emit, survive, valid_events
 from app.runtime import portfolio as processor
 from core.metrics import EQUITY, LEVERAGE, PROCESSING_SECONDS, TICK_TO_FILL_SECONDS
 from models.events import PositionClosed, TradeExecuted
@@ -20,13 +20,14 @@ def portfolio_view(pf: dict) -> dict:
 
 @app.agent(TOPICS["trade.executed"], name="portfolio")
 async def portfolio_agent(stream):
-    async for _event, fill in valid_events(stream, (TradeExecuted, PositionClosed), "portfolio"):
-        t0 = time.perf_counter()
-        for out in processor.process(fill):
-            await emit(out)
-            if out.event_type == "state.changed":
-                EQUITY.labels(out.account).set(out.portfolio_value)
-                LEVERAGE.labels(out.account).set(out.leverage_ratio)
-        if fill.event_type == "trade.executed" and fill.ingest_ms:
-            TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))
-        _latency.observe(time.perf_counter() - t0)
+    async for event, fill in valid_events(stream, (TradeExecuted, PositionClosed), "portfolio"):
+        async with survive("portfolio", event, fill):
+            t0 = time.perf_counter()
+            for out in processor.process(fill):
+                await emit(out)
+                if out.event_type == "state.changed":
+                    EQUITY.labels(out.account).set(out.portfolio_value)
+                    LEVERAGE.labels(out.account).set(out.leverage_ratio)
+            if fill.event_type == "trade.executed" and fill.ingest_ms:
+                TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))
+            _latency.observe(time.perf_counter() - t0)

@@ -7,7 +7,7 @@ topic, see :mod:`streams.ticks`). The risk processor's per-tick work runs in the
 
 from __future__ import annotations
 
-from app.main import TOPICS, app, emit, valid_events
+from app.main import TOPICS, app, emit, survive, valid_events
 from app.runtime import halt as halt_processor
 from app.runtime import risk as processor
 from models.events import LiquidationEvent, RiskEvent
@@ -16,15 +16,17 @@ from streams.notifier import NOTIFIED, notifier
 
 @app.agent(TOPICS["liquidation.events"], name="cascade")
 async def cascade(stream):
-    async for _event, ev in valid_events(stream, (LiquidationEvent,), "cascade"):
-        for out in processor.on_liquidation(ev):
-            await emit(out)
+    async for event, ev in valid_events(stream, (LiquidationEvent,), "cascade"):
+        async with survive("cascade", event, ev):
+            for out in processor.on_liquidation(ev):
+                await emit(out)
 
 
 @app.agent(TOPICS["risk.alerts"], name="halt")
 async def halt_agent(stream):
-    async for _event, ev in valid_events(stream, (RiskEvent,), "halt"):
-        halt_processor.apply(ev)
-        n = await notifier()
-        if n is not None and ev.event_type in NOTIFIED:
-            n.notify(ev)
+    async for event, ev in valid_events(stream, (RiskEvent,), "halt"):
+        async with survive("halt", event, ev):
+            halt_processor.apply(ev)
+            n = await notifier()
+            if n is not None and ev.event_type in NOTIFIED:
+                n.notify(ev)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, dead_letter, decode_checked, emit
+from app.main import TOPICS, app, dead_letter, decode_checked, emit, survive
 from app.runtime import risk as risk_processor
 from app.runtime import trading as trading_processor
 from app.sla import sla
@@ -56,31 +56,35 @@ async def ticks(stream):
         if tick.ingest_ms:
             TICK_RECEIVE_SECONDS.observe(max(0.0, time.time() - tick.ingest_ms / 1000.0))
 
-        t1 = time.perf_counter()
-        late = trading.late
-        outs, verdict = trading.on_tick(tick, event.message.tp)
-        if trading.late != late:
-            trading_late.inc(trading.late - late)
-        t2 = time.perf_counter()
-        late = risk.late
-        alerts = risk.on_tick(tick)
-        if risk.late != late:
-            risk_late.inc(risk.late - late)
-        t3 = time.perf_counter()
-        trading_s.observe(t2 - t1)
-        risk_s.observe(t3 - t2)
+        # A tick the trading processor raised on is dead-lettered and acked (it is in no bar); one
+        # that raised after it was folded into its bar is dead-lettered and held as usual.
+        verdict = DROP
+        async with survive("ticks", event, tick):
+            t1 = time.perf_counter()
+            late = trading.late
+            outs, verdict = trading.on_tick(tick, event.message.tp)
+            if trading.late != late:
+                trading_late.inc(trading.late - late)
+            t2 = time.perf_counter()
+            late = risk.late
+            alerts = risk.on_tick(tick)
+            if risk.late != late:
+                risk_late.inc(risk.late - late)
+            t3 = time.perf_counter()
+            trading_s.observe(t2 - t1)
+            risk_s.observe(t3 - t2)
 
-        # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
-        # this worker owns the account (the engine runs on it here, streams.execution).
-        for out in alerts:
-            await emit(out)
-            if out.event_type == "risk.alert" and tick.ingest_ms:
-                sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
-            elif out.event_type == "trade.force_close":
-                for done in await force_close_now(out) or ():
-                    await emit(done)
-        for out in outs:
-            await emit(out)
+            # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
+            # this worker owns the account (the engine runs on it here, streams.execution).
+            for out in alerts:
+                await emit(out)
+                if out.event_type == "risk.alert" and tick.ingest_ms:
+                    sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
+                elif out.event_type == "trade.force_close":
+                    for done in await force_close_now(out) or ():
+                        await emit(done)
+            for out in outs:
+                await emit(out)
 
         if verdict == DROP:
             await stream.ack(event)

@@ -196,8 +196,45 @@ def test_event_store_sink_rows_and_dead_letters_of_unvalidated_topics():
                                key=b"BTC", value=b'{"not": "an event"'),
                SimpleNamespace(topic=settings.topic("price.ticks"), partition=1, offset=3, timestamp=T0,
                                key=b"BTC", value=b"junk")]
-    rows, per_topic, dead = sink.rows_of(records, sink.stored_topics(settings), settings)
+    rows, per_topic, dead, origins = sink.rows_of(records, sink.stored_topics(settings), settings)
     assert [r.event_id for r in rows] == [good.event_id] and dict(per_topic) == {"price.ticks": 1}
+    assert origins == [records[0]]
     (dl,) = [d.model_dump() for d in dead]
     assert (dl["topic"], dl["partition"], dl["offset"], dl["timestamp"]) == (settings.topic("whale.activity"), 2, 9, T0)
     assert dl["source"] == "sink.whale.activity" and dl["reason"]
+
+
+async def test_a_message_whose_handling_raises_is_reported_and_the_stream_goes_on(outputs, monkeypatch):
+    """A schema-valid message an agent cannot handle (a non-UTF-8 key on the engine's input; a
+    processor that raises on a tick) gives one ``agent.error`` naming the exception, and one dead
+    letter with it as the reason; the next message is handled as usual."""
+    d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
+                          source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                          recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0)
+    async with execution.test_context() as agent:
+        await agent.put(value=encode_event(d), key=b"\xff\xfe")
+        await agent.put(value=encode_event(d.model_copy(update={"event_id": uuid.uuid4()})), key=b"paper")
+    (err,) = outputs["system"].of("agent.error")
+    assert err["agent"] == "execution" and err["context"]["exception"] == "UnicodeDecodeError"
+    assert err["context"]["event_id"] == str(d.event_id) and err["token"] == "BTC"
+    (dl,) = outputs["dead.letters"].of("dead_letter")
+    assert dl["source"] == "execution" and dl["reason"].startswith("UnicodeDecodeError in execution")
+    assert len(outputs["trade.executed"].of("trade.executed")) == 1  # the next approval filled
+
+    calls = []
+    real = runtime.risk.on_tick
+
+    def flaky(t):
+        calls.append(t.price)
+        if len(calls) == 1:
+            raise ZeroDivisionError("division by zero")
+        return real(t)
+
+    monkeypatch.setattr(runtime.risk, "on_tick", flaky)
+    async with ticks.test_context() as agent:
+        await agent.put(value=encode_event(tick(50_000.0, T0 + 1000)), key=b"BTC")
+        await agent.put(value=encode_event(tick(50_100.0, T0 + 2000)), key=b"BTC")
+    assert calls == [50_000.0, 50_100.0]
+    errors = [e for e in outputs["system"].of("agent.error") if e["agent"] == "ticks"]
+    assert len(errors) == 1 and errors[0]["context"]["exception"] == "ZeroDivisionError"
+    assert runtime.risk.mark_price("BTC") == 50_100.0  # the stream went on
