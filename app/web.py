@@ -1,7 +1,8 @@
 """Web views on the Faust web port (WEB_PORT, 6066 by default).
 
 - ``GET /health/``: broker reachable, database reachable with the event-store schema in place,
-  tables recovered, dashboard hub caught up; 200 when all are, else 503.
+  tables recovered, dashboard hub caught up, event-store sink not stuck (its batch waiting or the
+  sink silent for over SINK_STUCK_SECONDS); 200 when all are, else 503.
 - ``GET /health/live/`` (liveness: the event loop answers) and ``GET /health/ready/`` (readiness:
   broker reachable, tables recovered, no rebalance in progress, dashboard hub caught up; 503
   otherwise), for Kubernetes
@@ -65,6 +66,7 @@ from app.sla import emit_due
 from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
 from streams.portfolio import portfolio_view
 from store.eventstore import UNAVAILABLE
+from streams.sink import health as sink_health
 from streams.sink import schema_ready, store
 from domain import sentiment as sm
 from feeds.files import parse_time_ms
@@ -101,7 +103,8 @@ class Health(View):
     async def get(self, request: Request) -> Response:
         broker, database = await asyncio.gather(_broker_ok(), _database_ok())
         checks = {"broker": broker, "database": database and schema_ready.is_set(), "tables_ready": _tables_ready(),
-                  "dashboard_ready": hub.ready.is_set()}
+                  "dashboard_ready": hub.ready.is_set(),
+                  "event_store_sink": not (settings.store_events and sink_health.stuck())}
         ok = all(checks.values())
         return self.json({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
 

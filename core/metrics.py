@@ -106,6 +106,10 @@ SINK_LAG = Gauge("moondev_sink_lag", "Events the event-store sink has yet to sto
                  "partitions: high watermark - position)", ["topic"], registry=REGISTRY)
 SINK_RESTARTS = Counter("moondev_sink_restarts_total", "Event-store sink processes that exited and were restarted",
                         registry=REGISTRY)
+SINK_REFUSED = Counter("moondev_sink_refused_rows_total", "Rows the event store refused for their data "
+                       "(dead-lettered, not retried)", registry=REGISTRY)
+SINK_WAITING = Gauge("moondev_sink_batch_waiting_seconds", "How long the event-store batch being written has "
+                     "waited (0 between batches)", registry=REGISTRY)
 SINK_ERRORS = Counter("moondev_sink_errors_total", "Failed event-store batch writes (retried)", registry=REGISTRY)
 CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], registry=REGISTRY)

@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_seconds: float = Field(0.25, gt=0)
+    #: A sink batch waiting longer than this (s), or a sink silent this long, makes /health/ 503.
+    sink_stuck_seconds: float = Field(60.0, gt=0)
     #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
     sink_nice: int = Field(10, ge=0, le=19)
 

@@ -22,9 +22,12 @@ in Kafka, not in memory, while the agents keep trading.
 Invalid messages of topics no agent validates are sent to the dead letters here; on the others an
 agent already does.
 
-The process reports to the worker on stdout, one JSON object a line (:class:`Report`), which the
-worker turns into its ``moondev_sink_*`` metrics; it exits when its stdin closes, so it never
-outlives its worker, even one killed with SIGKILL.
+The process reports to the worker on stdout, one JSON object a line (:class:`Report`), at least
+once a second, which the worker turns into its ``moondev_sink_*`` metrics and its health; it exits
+when its stdin closes, so it never outlives its worker, even one killed with SIGKILL.
+
+A batch the store refuses for its data (:data:`DATA_ERRORS`) is split to find the rows it refuses,
+which go to the dead letters with the database's reason; only other errors are retried.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -63,35 +68,44 @@ def stored_topics(settings: Settings) -> dict[str, str]:
 
 class Report:
     """What the process has done since the last line it wrote: rows by topic, each batch write
-    ``[rows, seconds]``, failed writes, dead letters by topic, and the lag by topic."""
+    ``[rows, seconds]``, failed writes, rows the store refused (dead-lettered), dead letters by
+    topic, and the lag by topic."""
 
     def __init__(self) -> None:
         self.rows: collections.Counter = collections.Counter()
         self.batches: list[list] = []
         self.errors = 0
+        self.poison = 0
         self.dead_letters: collections.Counter = collections.Counter()
         self.lag: dict[str, int] = {}
+        #: monotonic time the batch being written was read (None between batches)
+        self.batch_since: float | None = None
 
-    def line(self) -> bytes | None:
-        if not (self.rows or self.batches or self.errors or self.dead_letters or self.lag):
+    def line(self, heartbeat: bool = False) -> bytes | None:
+        """The report line, with ``waiting_s`` (how long the batch being written has waited, 0
+        between batches); None when there is nothing to say and ``heartbeat`` is false."""
+        if not (heartbeat or self.rows or self.batches or self.errors or self.dead_letters or self.lag):
             return None
-        out = orjson.dumps({"rows": self.rows, "batches": self.batches, "errors": self.errors,
-                            "dead_letters": self.dead_letters, "lag": self.lag}) + b"\n"
-        self.__init__()
+        waiting = time.monotonic() - self.batch_since if self.batch_since is not None else 0.0
+        out = orjson.dumps({"rows": self.rows, "batches": self.batches, "errors": self.errors, "poison": self.poison,
+                            "dead_letters": self.dead_letters, "lag": self.lag, "waiting_s": round(waiting, 3)}) + b"\n"
+        self.rows, self.batches, self.errors, self.poison = collections.Counter(), [], 0, 0
+        self.dead_letters, self.lag = collections.Counter(), {}
         return out
 
 
-def rows_of(records: list, stored: dict[str, str], settings: Settings,
-            now_ms: int | None = None) -> tuple[list[Row], collections.Counter, list[DeadLetter]]:
+def rows_of(records: list, stored: dict[str, str], settings: Settings, now_ms: int | None = None
+            ) -> tuple[list[Row], collections.Counter, list[DeadLetter], list]:
     """The batch step: each record's row (validated as every consumer validates it), the rows by
-    topic, and the dead letters of invalid records on topics no agent validates (none for the
-    dead-letter topic itself: no loops). ``records``: aiokafka records (topic, partition, offset,
-    timestamp in ms, value)."""
+    topic, the dead letters of invalid records on topics no agent validates (none for the
+    dead-letter topic itself: no loops), and each row's record. ``records``: aiokafka records
+    (topic, partition, offset, timestamp in ms, value)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     ahead, floor = int(settings.event_max_ahead_seconds * 1000), settings.event_time_floor_ms
     rows: list[Row] = []
     per_topic: collections.Counter = collections.Counter()
     dead: list[DeadLetter] = []
+    origins: list = []
     for rec in records:
         name = stored[rec.topic]
         value = rec.value
@@ -108,12 +122,27 @@ def rows_of(records: list, stored: dict[str, str], settings: Settings,
         rows.append(Row(event.event_id, event.event_type, event.timestamp, event.token,
                         value.decode() if isinstance(value, bytes) else value, event.source))
         per_topic[name] += 1
-    return rows, per_topic, dead
+        origins.append(rec)
+    return rows, per_topic, dead, origins
 
 
-async def write_with_retry(store: EventStore, rows: list[Row], report: Report) -> None:
-    """Write ``rows`` in one transaction, retrying any database error with backoff until it
-    succeeds (cancellation aside)."""
+#: Errors of the rows themselves, not of the database's reach, so retrying the same rows cannot
+#: help: PostgreSQL's data exceptions (SQLSTATE class 22: a value out of range, invalid JSON text,
+#: an untranslatable character), a NOT NULL violation, and asyncpg refusing to encode a value
+#: (``ValueError``/``OverflowError``/``TypeError``). Anything else (connection, permissions, a
+#: missing partition) is retried, so a misconfigured database never dead-letters good rows.
+DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.NotNullViolationError, ValueError,
+                                                 OverflowError, TypeError)
+
+
+async def write_with_retry(store: EventStore, rows: list[Row], report: Report,
+                           on_poison: Callable[[int, BaseException], Awaitable[None]] | None = None,
+                           _offset: int = 0) -> None:
+    """Write ``rows`` in one transaction. A database that cannot be reached (or fails for any
+    reason other than the rows) is retried with backoff until it succeeds, cancellation aside. A
+    batch refused for its data (:data:`DATA_ERRORS`) is split in halves, each written the same
+    way, down to the rows that fail alone: each of those is handed to ``on_poison(index in rows,
+    error)`` (the dead letters) and skipped, so one bad row never holds the rest."""
     delay = 0.1
     while True:
         t0 = time.perf_counter()
@@ -121,7 +150,21 @@ async def write_with_retry(store: EventStore, rows: list[Row], report: Report) -
             await store.write(rows)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any database failure is retried
+        except DATA_ERRORS as exc:
+            report.errors += 1
+            if len(rows) == 1:
+                log.error("event store refused a row (%s: %s); dead-lettered", type(exc).__name__, exc)
+                report.poison += 1
+                if on_poison is not None:
+                    await on_poison(_offset, exc)
+                return
+            log.warning("event store refused a batch of %d rows (%s: %s); splitting it to find the bad rows",
+                        len(rows), type(exc).__name__, exc)
+            half = len(rows) // 2
+            await write_with_retry(store, rows[:half], report, on_poison, _offset)
+            await write_with_retry(store, rows[half:], report, on_poison, _offset + half)
+            return
+        except Exception as exc:  # noqa: BLE001 - anything else is the database's reach: retried
             report.errors += 1
             wait = delay * random.uniform(0.5, 1.0)
             log.warning("event store write of %d rows failed (%s: %s); retrying in %.1f s",
@@ -192,19 +235,32 @@ async def run(settings: Settings, report: Report) -> None:
             records = await _batch(consumer, settings.sink_batch_size, settings.sink_batch_seconds)
             if not records:
                 continue
-            rows, per_topic, dead = rows_of(records, stored, settings)
-            for dl in dead:
+            report.batch_since = time.monotonic()
+            rows, per_topic, dead, origins = rows_of(records, stored, settings)
+
+            async def send_dead(dl: DeadLetter) -> None:
                 await producer.send_and_wait(dead_topic, encode_event(dl), key=key_of(dl, "dead.letters"))
                 report.dead_letters[dl.topic] += 1
+
+            async def refused(i: int, exc: BaseException, origins=origins, per_topic=per_topic) -> None:
+                rec = origins[i]
+                per_topic[stored[rec.topic]] -= 1
+                await send_dead(dead_letter_event(rec.value, f"the event store refused it: {type(exc).__name__}: {exc}",
+                                                  f"sink.{stored[rec.topic]}", rec.topic, rec.partition, rec.offset,
+                                                  rec.timestamp or 0))
+
+            for dl in dead:
+                await send_dead(dl)
             if rows:
-                await write_with_retry(store, rows, report)
-                report.rows.update(per_topic)
+                await write_with_retry(store, rows, report, refused)
+                report.rows.update(+per_topic)
             try:
                 await consumer.commit()
             except CommitFailedError as exc:
                 # A rebalance took the partitions while the batch was written: the new owner
                 # re-reads it from the last commit, and the store keeps each event once.
                 log.warning("event-store sink offsets not committed (%s); the batch will be re-read", exc)
+            report.batch_since = None
             for rec in records:
                 positions[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
             report.lag = _lag(consumer, positions, stored)
@@ -216,9 +272,13 @@ async def run(settings: Settings, report: Report) -> None:
 
 async def _report_every(report: Report, seconds: float) -> None:
     out = sys.stdout.buffer
+    last = 0.0
     while True:
         await asyncio.sleep(seconds)
-        line = report.line()
+        now = time.monotonic()
+        line = report.line(heartbeat=now - last >= 1.0)  # at least one line a second: the worker's liveness check
+        if line:
+            last = now
         if line:
             out.write(line)
             out.flush()

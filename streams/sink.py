@@ -6,7 +6,9 @@ agents' event loop.
 The child reports on its stdout a line at a time; this turns the lines into the
 ``moondev_sink_*`` metrics (rows, batch sizes and times, failed writes, lag by topic), the
 ``event_store_insert`` SLA and the dead-letter count. A child that exits is restarted with backoff
-(0.5 s doubling to 10 s, counted in ``moondev_sink_restarts_total``); stopping the worker stops it
+(0.5 s doubling to 10 s, counted in ``moondev_sink_restarts_total``); a sink whose batch has
+waited more than SINK_STUCK_SECONDS, or that has not reported for that long, turns ``/health/``
+red (:class:`SinkHealth`, ``moondev_sink_batch_waiting_seconds``); stopping the worker stops it
 (SIGTERM, then SIGKILL after 10 s), and a worker killed outright closes the child's stdin, on
 which it exits.
 """
@@ -23,8 +25,8 @@ import orjson
 
 from app.main import app, settings
 from app.sla import sla
-from core.metrics import (DEAD_LETTERS, SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_LAG, SINK_RESTARTS,
-                          SINK_ROWS)
+from core.metrics import (DEAD_LETTERS, SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_ERRORS, SINK_LAG, SINK_REFUSED,
+                          SINK_RESTARTS, SINK_ROWS, SINK_WAITING)
 from store.eventstore import EventStore
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,38 @@ store = EventStore(settings.database_url)
 schema_ready = asyncio.Event()
 
 
+class SinkHealth:
+    """Whether the sink keeps up: stuck when the batch being written has waited longer than
+    SINK_STUCK_SECONDS (a database refusing writes, a poison row that is retried), or when no
+    sink process has reported for that long (dead, restarting, hung)."""
+
+    def __init__(self, stuck_after_s: float) -> None:
+        self.stuck_after_s = stuck_after_s
+        self.last_report: float | None = None  # counts from the first start of a sink process
+        self.waiting_s = 0.0
+
+    def reported(self, waiting_s: float) -> None:
+        self.last_report, self.waiting_s = time.monotonic(), waiting_s
+
+    def started(self) -> None:
+        if self.last_report is None:
+            self.last_report = time.monotonic()
+
+    def stuck(self) -> bool:
+        if self.last_report is None:
+            return False  # no sink started yet: the schema is not in place, which /health/ shows
+        silent = time.monotonic() - self.last_report
+        return self.waiting_s > self.stuck_after_s or silent > self.stuck_after_s
+
+
+health = SinkHealth(settings.sink_stuck_seconds)
+
+
 def apply_report(line: bytes) -> None:
     """Turn one report line of the sink process (:class:`store.sink.Report`) into metrics."""
     rep = orjson.loads(line)
+    health.reported(float(rep.get("waiting_s", 0.0)))
+    SINK_WAITING.set(health.waiting_s)
     for name, n in rep.get("rows", {}).items():
         SINK_ROWS.labels(name).inc(n)
     for rows, seconds in rep.get("batches", ()):
@@ -46,6 +77,8 @@ def apply_report(line: bytes) -> None:
         sla.observe("event_store_insert", seconds * 1000.0)
     if rep.get("errors"):
         SINK_ERRORS.inc(rep["errors"])
+    if rep.get("poison"):
+        SINK_REFUSED.inc(rep["poison"])
     for topic, n in rep.get("dead_letters", {}).items():
         DEAD_LETTERS.labels(topic).inc(n)
     for name, n in rep.get("lag", {}).items():
@@ -69,6 +102,7 @@ async def run_sink() -> None:
     delay = 0.5
     while True:
         started = time.monotonic()
+        health.started()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "store.sink", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=os.environ.copy())
