@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import time
 
 from app.main import settings
@@ -57,13 +58,64 @@ def read_auth(method):
     return wrapper
 
 
+def client_address(request) -> str:
+    """The client's address: the peer's, unless the peer is one of TRUSTED_PROXIES (addresses or
+    CIDR networks: the ingress, a load balancer), in which case the right-most address of
+    ``X-Forwarded-For`` that is not itself a trusted proxy (RFC 7239 §5.2's reasoning: only the
+    hops we trust may name the one before them; whatever a client writes on the left is not
+    believed)."""
+    peer = request.remote or "unknown"
+    proxies = settings.trusted_proxy_networks()
+    if not proxies or not _in(peer, proxies):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, proxies):
+            return hop if _is_ip(hop) else peer
+    return peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 class RateLimiter:
     """Token bucket per client: ``rate_per_minute`` requests a minute, bursts up to that many."""
+
+    #: A client's refused requests are reported (audited) at most once per this many seconds.
+    REPORT_EVERY_S = 10.0
 
     def __init__(self, rate_per_minute: int) -> None:
         self.capacity = float(rate_per_minute)
         self.refill_per_s = rate_per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated monotonic s)
+        self._refused: dict[str, list] = {}  # client -> [refused since last report, last report s]
+
+    def refusals_to_report(self, client: str, now: float | None = None) -> int:
+        """Count one refused request of ``client``; returns how many to report now (0 while the
+        client's last report is younger than REPORT_EVERY_S)."""
+        now = time.monotonic() if now is None else now
+        entry = self._refused.setdefault(client, [0, -self.REPORT_EVERY_S])
+        entry[0] += 1
+        if now - entry[1] < self.REPORT_EVERY_S:
+            return 0
+        n, entry[0], entry[1] = entry[0], 0, now
+        if len(self._refused) > 10_000:  # forget clients not refused lately
+            for k in [k for k, (c, t) in self._refused.items() if c == 0 and now - t >= self.REPORT_EVERY_S]:
+                del self._refused[k]
+        return n
 
     def allow(self, client: str, now: float | None = None) -> tuple[bool, float]:
         """Take one request from the client's bucket: (allowed, seconds until the next is)."""

@@ -127,10 +127,13 @@ TOPICS: dict[str, faust.TopicT] = {
 OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
 
 
-async def emit(event: Envelope, topic_name: str | None = None) -> None:
-    """Send an event to its SPEC §3 topic (or ``topic_name``), keyed by token or account."""
+async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False) -> None:
+    """Send an event to its SPEC §3 topic (or ``topic_name``), keyed by token or account; with
+    ``wait``, return only once the broker has acknowledged it (raises the send's error)."""
     name = topic_name or TOPIC_OF_EVENT[event.event_type]
-    await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
+    pending = await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
+    if wait and pending is not None:
+        await pending
     EVENTS_PRODUCED.labels(event.event_type).inc()
     AGENT_EVENTS.labels(event.source, "out").inc()
 

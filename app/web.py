@@ -58,7 +58,7 @@ import time
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.control import MAX_BODY, authenticate, limiter, read_auth, unauthorized
+from app.control import MAX_BODY, authenticate, client_address, limiter, read_auth, unauthorized
 from app.dashboard import STATIC, hub
 from app.main import app, emit, settings
 from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
@@ -375,20 +375,55 @@ class Static(View):
 
 
 # ------------------------------------------------------------------ control
+async def _read_body(request: Request) -> bytes | None:
+    """The whole request body (however many segments it arrives in), or None when it is longer
+    than MAX_BODY bytes (read no further)."""
+    if (request.content_length or 0) > MAX_BODY:
+        return None
+    raw = b""
+    while chunk := await request.content.read(MAX_BODY + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            return None
+    return raw
+
+
+async def _audit(action: str, account: str, who: str | None, why: str, client: str, outcome: str,
+                 audit_id=None) -> None:
+    """Emit the ``control.action`` audit event and wait for the broker's acknowledgement, so that
+    an answer to the client means the audit is durable."""
+    audit_id = audit_id or new_event_id()
+    await emit(ControlAction(event_id=audit_id, timestamp=int(time.time() * 1000), source="web.control",
+                             correlation_id=audit_id, action=action, account=account, who=who or "anonymous",
+                             why=why, client=client, outcome=outcome), wait=True)
+    # what the client sent is escaped (newlines, control and non-ASCII characters as \n, \x..,
+    # \u....), so a body cannot forge log lines
+    log.warning("control %s for %s by %s from %s: %s (%s)", action, _escaped(account), who or "anonymous", client,
+                _escaped(why) or "-", outcome)
+
+
+def _escaped(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")
+
+
 async def _control(view: View, request: Request, action: str) -> Response:
-    client = request.remote or "unknown"
+    client = client_address(request)
     who = authenticate(request)
-    allowed, retry_after = limiter.allow(f"holder:{who}" if who else f"addr:{client}")
+    key = f"holder:{who}" if who else f"addr:{client}"
+    allowed, retry_after = limiter.allow(key)
     if not allowed:
         CONTROL_REQUESTS.labels(action, "rate_limited").inc()
+        refused = limiter.refusals_to_report(key)
+        if refused:  # audited, but once per client per RateLimiter.REPORT_EVERY_S however hard it pushes
+            await _audit(action, settings.account, who, "", client, f"rate_limited: {refused} request(s) refused")
         return view.json({"error": "rate limited", "retry_after_s": round(retry_after, 1)}, status=429,
                          headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
-    raw = await request.content.read(MAX_BODY + 1)
+    raw = await _read_body(request)
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = json.loads(raw) if raw is not None and raw.strip() else ({} if raw is not None else None)
     except ValueError:
         body = None
-    valid = isinstance(body, dict) and len(raw) <= MAX_BODY
+    valid = isinstance(body, dict)
     body = body if valid else {}
     why = str(body.get("reason") or "").strip()[:500]
     account = str(body.get("account") or settings.account)[:64]
@@ -402,12 +437,10 @@ async def _control(view: View, request: Request, action: str) -> Response:
         outcome = "invalid: a reason is required"
     else:
         outcome = "accepted"
-    await emit(ControlAction(event_id=audit_id, timestamp=now, source="web.control", correlation_id=audit_id,
-                             action=action, account=account, who=who or "anonymous", why=why, client=client,
-                             outcome=outcome))
+    if who is None:  # an anonymous body is not evidence of anything: audit the attempt, not its words
+        why, account = "", settings.account
+    await _audit(action, account, who, why, client, outcome, audit_id)
     CONTROL_REQUESTS.labels(action, outcome.split(":")[0]).inc()
-    log.warning("control %s for %s by %s from %s: %s (%s)", action, account, who or "anonymous", client,
-                why or "-", outcome)
     if who is None:
         return unauthorized(view)
     if outcome != "accepted":
@@ -416,14 +449,16 @@ async def _control(view: View, request: Request, action: str) -> Response:
     text = f"{action} by {who}: {why}"
     if action == "halt":
         await emit(RiskEvent(event_id=derived_id("control", audit_id), event_type="risk.alert", severity="WARNING",
-                             violation_type="manual", action_required=text, metrics={"who": who}, **common))
+                             violation_type="manual", action_required=text, metrics={"who": who}, **common),
+                   wait=True)
     elif action == "resume":
         await emit(RiskEvent(event_id=derived_id("control", audit_id), event_type="risk.ok", severity="INFO",
-                             violation_type="manual", action_required=text, metrics={"who": who}, **common))
+                             violation_type="manual", action_required=text, metrics={"who": who}, **common),
+                   wait=True)
     else:
         await emit(OrderEvent(event_id=derived_id("control", audit_id), event_type="trade.force_close",
                               client_order_id="0x" + derived_id("close_all", audit_id).hex, side="SELL", size=0.0,
-                              reason=text, reduce_only=True, **common))
+                              reason=text, reduce_only=True, **common), wait=True)
     return view.json({"accepted": True, "action": action, "account": account, "who": who,
                       "event_id": str(audit_id)}, status=202)
 

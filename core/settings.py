@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     read_auth: bool = False
     #: Control requests per client (token holder, or address when unauthenticated) per minute.
     control_rate_per_minute: int = Field(10, ge=1)
+    #: Proxies (addresses or CIDR networks, e.g. the ingress's) whose ``X-Forwarded-For`` names the
+    #: client for the control rate limit and audit; without any, the peer address is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
     #: Dashboard: the hub on/off (backtest workers run without it), WebSocket clients per worker, recent events kept per list, and the bytes a slow
     #: client may have queued before it is disconnected.
     dashboard_enabled: bool = True
@@ -223,6 +226,22 @@ class Settings(BaseSettings):
             raise ValueError("EXCHANGE=hyperliquid needs HYPERLIQUID_SECRET_KEY")
         self.sizing.setdefault("default", SizingRule(fraction=self.position_fraction))
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"TRUSTED_PROXIES: {net!r} is not an address or CIDR network") from exc
+        return v
+
+    def trusted_proxy_networks(self) -> list:
+        """TRUSTED_PROXIES as ``ipaddress`` networks."""
+        import ipaddress
+        return [ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies]
 
     def control_holders(self) -> dict[str, str]:
         """Token holder name -> token (secret values)."""

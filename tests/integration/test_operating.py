@@ -5,6 +5,7 @@ violations."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 import time
@@ -61,6 +62,7 @@ def run(tmp_path_factory, module_database_url):
     stack = Stack(tmp_path_factory.mktemp("operating"), database_url=module_database_url, BAR_SECONDS="1",
                   CONSENSUS_MIN_AGENTS="1", CONTROL_TOKEN=OPERATOR,
                   CONTROL_TOKENS=json.dumps({"alice": ALICE, "bob": BOB}), CONTROL_RATE_PER_MINUTE="5",
+                  TRUSTED_PROXIES=json.dumps(["127.0.0.1"]),  # as if the tests were the ingress
                   # a limit no order meets, to see breaches counted and emitted
                   SLA_LIMITS_MS=json.dumps({"signal_to_order": 0.0001}), SLA_EVENT_INTERVAL_SECONDS="1")
     worker = stack.worker("w1").start()
@@ -366,3 +368,43 @@ def test_g_events_view_answers_400_for_every_bad_parameter(run):
         except urllib.error.HTTPError as exc:
             status, body = exc.code, json.loads(exc.read())
         assert status == 400 and body.get("error"), (query, status, body)
+
+
+def test_h_control_reads_whole_bodies_trusts_forwarded_for_only_from_proxies_escapes_logs_and_audits_429(run):
+    stack, worker = run
+    # a body that arrives in two TCP segments, 300 ms apart, is read whole
+    body = json.dumps({"reason": "split body, then forwarded for 203.0.113.9"}).encode()
+    head = (f"POST /control/resume/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {OPERATOR}\r\n"
+            f"X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head + body[:10])
+        time.sleep(0.3)
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+
+    # a reason with a newline cannot start a log line of its own
+    forged = "ok\n[2026-11-27 00:00:00,000] [1] [WARNING] control close_all for paper by operator: x (accepted)"
+    assert post(worker, "/control/resume/", {"reason": forged}, OPERATOR)[0] == 202
+    # refused requests are audited once per client per 10 s, with how many were refused
+    codes = [post(worker, "/control/halt/", {}, BOB)[0] for _ in range(8)]  # no reason: 400 while allowed
+    first = codes.index(429) if 429 in codes else None
+    assert first is not None and first <= 5 and set(codes[:first]) <= {400} and set(codes[first:]) == {429}, codes
+
+    def audits():
+        got = {e["data"]["why"]: e["data"] for e in events(worker, "control.action")}
+        limited = [e["data"] for e in events(worker, "control.action") if e["data"]["outcome"].startswith("rate_limited")]
+        done = "split body, then forwarded for 203.0.113.9" in got and forged.strip() in got and limited
+        return (got, limited) if done else None
+
+    got, limited = wait_until(audits, 60, "the audits stored")
+    assert got["split body, then forwarded for 203.0.113.9"]["client"] == "203.0.113.9"
+    assert got[forged.strip()]["client"] == "127.0.0.1"  # no X-Forwarded-For: the peer
+    assert all(a["who"] == "bob" for a in limited) and sum(int(a["outcome"].split()[1]) for a in limited) >= 1
+    log = worker.log_path.read_text(errors="replace")
+    assert not any(line.startswith("[2026-11-27 00:00:00,000]") for line in log.splitlines())
+    assert "ok\\n[2026-11-27 00:00:00,000]" in log

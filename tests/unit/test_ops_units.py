@@ -162,3 +162,47 @@ def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
     assert 'faust_messages_received_per_topic_total{topic="price.ticks"} 5.0' in text
     assert 'faust_table_operations_total{operation="keys_retrieved",table="table.halt"} 1.0' in text
     assert "faust_total_sent_messages_total" in text  # the rarer hooks keep Faust's own metrics
+
+
+def test_client_address_believes_forwarded_for_only_from_trusted_proxies(monkeypatch):
+    from types import SimpleNamespace
+
+    from multidict import CIMultiDict
+
+    from app import control
+
+    def req(peer, *xff):
+        headers = CIMultiDict()
+        for h in xff:
+            headers.add("X-Forwarded-For", h)
+        return SimpleNamespace(remote=peer, headers=headers)
+
+    monkeypatch.setattr(control.settings, "trusted_proxies", [])
+    assert control.client_address(req("10.0.0.5", "1.2.3.4")) == "10.0.0.5"  # no proxy trusted
+    monkeypatch.setattr(control.settings, "trusted_proxies", ["10.0.0.0/24", "127.0.0.1"])
+    assert control.client_address(req("10.0.0.5", "1.2.3.4")) == "1.2.3.4"
+    assert control.client_address(req("10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.7")) == "1.2.3.4"  # spoofed left part ignored
+    assert control.client_address(req("10.0.0.5", "6.6.6.6", "1.2.3.4")) == "1.2.3.4"  # repeated headers
+    assert control.client_address(req("192.0.2.1", "1.2.3.4")) == "192.0.2.1"  # peer not a proxy
+    assert control.client_address(req("10.0.0.5", "not-an-ip")) == "10.0.0.5"
+    assert control.client_address(req("10.0.0.5")) == "10.0.0.5"
+
+
+def test_rate_limit_refusals_are_reported_once_per_interval():
+    from app.control import RateLimiter
+
+    rl = RateLimiter(5)
+    assert rl.refusals_to_report("addr:x", now=100.0) == 1
+    assert [rl.refusals_to_report("addr:x", now=100.0 + i) for i in range(1, 5)] == [0, 0, 0, 0]
+    assert rl.refusals_to_report("addr:x", now=110.5) == 5  # the four held back and this one
+    assert rl.refusals_to_report("addr:y", now=110.5) == 1  # each client its own
+
+
+def test_trusted_proxies_setting_refuses_what_is_not_an_address():
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    assert Settings(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxy_networks()[0].num_addresses == 2 ** 24
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+        Settings(trusted_proxies=["ingress"])
