@@ -75,6 +75,21 @@ def ws_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+#: Bounds on what the hub keeps per key, whatever is written to the topics it reads: accounts
+#: (state and halt flags) and tokens (price series). Past a bound, the key seen longest ago goes.
+MAX_ACCOUNTS = 10_000
+MAX_TOKENS = 1_000
+
+
+def _bounded_set(store: dict, key, value, cap: int, age) -> None:
+    """``store[key] = value``, then, over ``cap`` keys, drop the other key whose ``age(value)`` is
+    the smallest (O(n), only when a new key overflows)."""
+    new = key not in store
+    store[key] = value
+    if new and len(store) > cap:
+        del store[min((k for k in store if k != key), key=lambda k: age(store[k]))]
+
+
 class Hub:
     """Follows the watched topics and fans their events out to WebSocket clients."""
 
@@ -106,11 +121,15 @@ class Hub:
             if account:
                 prev = self.accounts.get(account)
                 if prev is None or event.get("timestamp", 0) >= prev.get("timestamp", 0):
-                    self.accounts[account] = event
+                    _bounded_set(self.accounts, account, event, MAX_ACCOUNTS, lambda e: e.get("timestamp", 0))
         elif kind == "price":
             token, price, ts = event.get("token"), event.get("price"), event.get("timestamp")
             if token and price and ts:
-                series = self.prices.setdefault(token, collections.deque(maxlen=PRICE_POINTS))
+                series = self.prices.get(token)
+                if series is None:
+                    series = collections.deque(maxlen=PRICE_POINTS)
+                    _bounded_set(self.prices, token, series, MAX_TOKENS, lambda p: p[-1][0] if p else 0)
+                    self._price_dirty = {t: v for t, v in self._price_dirty.items() if t in self.prices}
                 sec = ts // 1000 * 1000
                 if series and series[-1][0] == sec:
                     series[-1] = [sec, price]
@@ -145,7 +164,7 @@ class Hub:
         if account:
             changed = halt_transition(self.halt.get(account) or {}, event)
             if changed is not None:
-                self.halt[account] = changed
+                _bounded_set(self.halt, account, changed, MAX_ACCOUNTS, lambda h: h.get("since_ms") or 0)
 
     # ------------------------------------------------------------------ fan-out
     def broadcast(self, message: bytes, kind: str) -> int:

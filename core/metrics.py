@@ -113,6 +113,26 @@ SINK_WAITING = Gauge("moondev_sink_batch_waiting_seconds", "How long the event-s
 SINK_ERRORS = Counter("moondev_sink_errors_total", "Failed event-store batch writes (retried)", registry=REGISTRY)
 CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], registry=REGISTRY)
+class BoundedLabel:
+    """A label value from data (an account): the first ``cap`` distinct values are kept as they
+    are, later ones become ``other``, so whatever reaches a topic, a worker's metric series stay
+    bounded."""
+
+    def __init__(self, cap: int = 1_000) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.cap:
+            return "other"
+        self.seen.add(value)
+        return value
+
+
+#: The ``account`` label of the per-account gauges.
+ACCOUNT_LABEL = BoundedLabel()
 EQUITY = Gauge("moondev_portfolio_equity_usd", "Portfolio equity (USD)", ["account"], registry=REGISTRY)
 LEVERAGE = Gauge("moondev_portfolio_leverage", "Gross notional / equity", ["account"], registry=REGISTRY)
 ORDERS = Counter("moondev_orders_total", "Orders by outcome (filled, partially_filled, rejected, duplicate, "

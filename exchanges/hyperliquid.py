@@ -22,11 +22,14 @@ Response formats (from the SDK's docs and examples)::
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections import defaultdict
 
 from exchanges.base import ExchangeError, Fill, Order, OrderResult
+
+#: Orders whose unclaimed fills the adapter keeps (see ``HyperliquidExchange._fills``).
+MAX_UNCLAIMED_ORDERS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,10 @@ class HyperliquidExchange:
         self._exchange = None
         self._info = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # oid -> fills received (WebSocket fills may arrive before the HTTP answer)
-        self._fills: dict[int, list[dict]] = defaultdict(list)
+        # oid -> fills received (WebSocket fills may arrive before the HTTP answer); fills of orders
+        # nobody waits for (placed elsewhere on the account, or after a timeout) are kept for the
+        # MAX_UNCLAIMED_ORDERS most recent orders only
+        self._fills: collections.OrderedDict[int, list[dict]] = collections.OrderedDict()
         self._waiters: dict[int, asyncio.Event] = {}
 
     def __repr__(self) -> str:  # never show the key
@@ -87,10 +92,15 @@ class HyperliquidExchange:
             oid = f.get("oid")
             if oid is None:
                 continue
-            self._fills[oid].append(f)
+            self._fills.setdefault(oid, []).append(f)
+            self._fills.move_to_end(oid)
             ev = self._waiters.get(oid)
             if ev is not None:
                 ev.set()
+        excess = len(self._fills) - MAX_UNCLAIMED_ORDERS
+        if excess > 0:  # the oldest orders nobody waits for
+            for stale in [o for o in self._fills if o not in self._waiters][:excess]:
+                del self._fills[stale]
 
     async def _await_fills(self, oid: int, total: float) -> list[dict] | None:
         deadline = time.monotonic() + self.fill_timeout_s

@@ -7,7 +7,7 @@ import time
 
 from app.main import TOPICS, app, emit, survive, valid_events
 from app.runtime import portfolio as processor
-from core.metrics import EQUITY, LEVERAGE, PROCESSING_SECONDS, TICK_TO_FILL_SECONDS
+from core.metrics import ACCOUNT_LABEL, EQUITY, LEVERAGE, PROCESSING_SECONDS, TICK_TO_FILL_SECONDS
 from models.events import PositionClosed, TradeExecuted
 
 _latency = PROCESSING_SECONDS.labels("portfolio")
@@ -26,8 +26,9 @@ async def portfolio_agent(stream):
             for out in processor.process(fill):
                 await emit(out)
                 if out.event_type == "state.changed":
-                    EQUITY.labels(out.account).set(out.portfolio_value)
-                    LEVERAGE.labels(out.account).set(out.leverage_ratio)
+                    account = ACCOUNT_LABEL(out.account)
+                    EQUITY.labels(account).set(out.portfolio_value)
+                    LEVERAGE.labels(account).set(out.leverage_ratio)
             if fill.event_type == "trade.executed" and fill.ingest_ms:
                 TICK_TO_FILL_SECONDS.observe(max(0.0, time.time() - fill.ingest_ms / 1000.0))
             _latency.observe(time.perf_counter() - t0)

@@ -76,3 +76,20 @@ async def test_missing_user_fills_fall_back_to_the_order_response(hl):
     (f,) = result.fills
     assert f.size == 0.02 and f.price == 50_000.0 and f.fee == pytest.approx(0.02 * 50_000 * 4.5e-4)
     assert "secret" not in repr(adapter) and KEY not in repr(adapter)
+
+
+def test_unclaimed_fills_are_bounded_but_awaited_orders_kept():
+    """Fills of orders nobody waits for (placed elsewhere on the account, or after a timeout) are
+    kept for the most recent MAX_UNCLAIMED_ORDERS orders; an order being awaited is never dropped."""
+    import asyncio
+
+    from exchanges import hyperliquid
+
+    ex = hyperliquid.HyperliquidExchange("0x" + "11" * 32, "http://127.0.0.1:9")
+    ex._waiters[0] = asyncio.Event()
+    n = hyperliquid.MAX_UNCLAIMED_ORDERS + 50
+    for oid in range(n):
+        ex._record_fills({"data": {"fills": [{"oid": oid, "sz": "1", "px": "1"}]}})
+    assert len(ex._fills) == hyperliquid.MAX_UNCLAIMED_ORDERS
+    assert 0 in ex._fills and ex._waiters[0].is_set()
+    assert 1 not in ex._fills and n - 1 in ex._fills  # the oldest unclaimed went first

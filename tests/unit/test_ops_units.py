@@ -206,3 +206,27 @@ def test_trusted_proxies_setting_refuses_what_is_not_an_address():
     assert Settings(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxy_networks()[0].num_addresses == 2 ** 24
     with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
         Settings(trusted_proxies=["ingress"])
+
+
+def test_dashboard_hub_keeps_bounded_accounts_and_tokens(monkeypatch):
+    """Whatever is written to the topics it reads, the hub keeps at most MAX_ACCOUNTS accounts and
+    MAX_TOKENS price series, dropping the one seen longest ago."""
+    from app import dashboard
+
+    monkeypatch.setattr(dashboard, "MAX_ACCOUNTS", 100)
+    monkeypatch.setattr(dashboard, "MAX_TOKENS", 10)
+    hub = dashboard.Hub(10)
+    for i in range(150):
+        hub.apply("state", {"account": f"a{i}", "timestamp": 1_000 + i})
+    assert len(hub.accounts) == 100 and "a0" not in hub.accounts and "a149" in hub.accounts
+    for i in range(15):
+        hub.apply("price", {"token": f"T{i}", "price": 1.0, "timestamp": 1_723_161_280_000 + 1000 * i})
+    assert len(hub.prices) == 10 and "T0" not in hub.prices and list(hub.prices["T14"])[-1][1] == 1.0
+    assert set(hub._price_dirty) <= set(hub.prices)
+
+
+def test_bounded_label_keeps_the_first_values_and_folds_the_rest():
+    from core.metrics import BoundedLabel
+
+    label = BoundedLabel(cap=3)
+    assert [label(a) for a in ("a", "b", "a", "c", "d", "b", "e")] == ["a", "b", "a", "c", "other", "b", "other"]
