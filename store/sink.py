@@ -36,7 +36,6 @@ import asyncio
 import collections
 import logging
 import os
-import random
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
+from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, wait_random_exponential
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -139,41 +139,48 @@ async def write_with_retry(store: EventStore, rows: list[Row], report: Report,
                            on_poison: Callable[[int, BaseException], Awaitable[None]] | None = None,
                            _offset: int = 0) -> None:
     """Write ``rows`` in one transaction. A database that cannot be reached (or fails for any
-    reason other than the rows) is retried with backoff until it succeeds, cancellation aside. A
+    reason other than the rows) is retried until it succeeds, cancellation aside, with tenacity's
+    exponential backoff with full jitter (0.1 s doubling, at most 10 s: AWS's "Exponential Backoff
+    And Jitter"), so replicas do not retry in lockstep. A
     batch refused for its data (:data:`DATA_ERRORS`) is split in halves, each written the same
     way, down to the rows that fail alone: each of those is handed to ``on_poison(index in rows,
     error)`` (the dead letters) and skipped, so one bad row never holds the rest."""
-    delay = 0.1
-    while True:
-        t0 = time.perf_counter()
-        try:
-            await store.write(rows)
-        except asyncio.CancelledError:
-            raise
-        except DATA_ERRORS as exc:
-            report.errors += 1
-            if len(rows) == 1:
-                log.error("event store refused a row (%s: %s); dead-lettered", type(exc).__name__, exc)
-                report.poison += 1
-                if on_poison is not None:
-                    await on_poison(_offset, exc)
-                return
-            log.warning("event store refused a batch of %d rows (%s: %s); splitting it to find the bad rows",
-                        len(rows), type(exc).__name__, exc)
-            half = len(rows) // 2
-            await write_with_retry(store, rows[:half], report, on_poison, _offset)
-            await write_with_retry(store, rows[half:], report, on_poison, _offset + half)
+    t0 = time.perf_counter()
+    try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_transient), wait=wait_random_exponential(0.1, max=10.0),
+                                           before_sleep=_counted(report, len(rows)), reraise=True):
+            with attempt:
+                t0 = time.perf_counter()
+                await store.write(rows)
+    except DATA_ERRORS as exc:
+        report.errors += 1
+        if len(rows) == 1:
+            log.error("event store refused a row (%s: %s); dead-lettered", type(exc).__name__, exc)
+            report.poison += 1
+            if on_poison is not None:
+                await on_poison(_offset, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - anything else is the database's reach: retried
-            report.errors += 1
-            wait = delay * random.uniform(0.5, 1.0)
-            log.warning("event store write of %d rows failed (%s: %s); retrying in %.1f s",
-                        len(rows), type(exc).__name__, exc, wait)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, 10.0)
-            continue
-        report.batches.append([len(rows), time.perf_counter() - t0])
+        log.warning("event store refused a batch of %d rows (%s: %s); splitting it to find the bad rows",
+                    len(rows), type(exc).__name__, exc)
+        half = len(rows) // 2
+        await write_with_retry(store, rows[:half], report, on_poison, _offset)
+        await write_with_retry(store, rows[half:], report, on_poison, _offset + half)
         return
+    report.batches.append([len(rows), time.perf_counter() - t0])
+
+
+def _transient(exc: BaseException) -> bool:
+    """Retried: any failure but the rows' own (and cancellation, which is no failure)."""
+    return isinstance(exc, Exception) and not isinstance(exc, DATA_ERRORS)
+
+
+def _counted(report: Report, n: int):
+    def before_sleep(state) -> None:
+        exc = state.outcome.exception()
+        report.errors += 1
+        log.warning("event store write of %d rows failed (%s: %s); retrying in %.1f s",
+                    n, type(exc).__name__, exc, state.upcoming_sleep)
+    return before_sleep
 
 
 async def _batch(consumer: AIOKafkaConsumer, size: int, within: float) -> list:
@@ -204,16 +211,19 @@ def _lag(consumer: AIOKafkaConsumer, positions: dict, stored: dict[str, str]) ->
 
 
 async def _start(client, what: str) -> None:
-    delay = 0.5
-    while True:  # the broker may not be up yet
-        try:
-            await client.start()
-            return
-        except KafkaError as exc:
-            log.warning("event-store sink: %s cannot reach the broker (%s); retrying in %.1f s", what, exc, delay)
-            await client.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    """Start an aiokafka client, retrying while the broker is unreachable (it may not be up yet)."""
+    def before_sleep(state) -> None:
+        log.warning("event-store sink: %s cannot reach the broker (%s); retrying in %.1f s",
+                    what, state.outcome.exception(), state.upcoming_sleep)
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaError), before_sleep=before_sleep,
+                                       wait=wait_random_exponential(0.5, max=10.0), reraise=True):
+        with attempt:
+            try:
+                await client.start()
+            except KafkaError:
+                await client.stop()
+                raise
 
 
 async def run(settings: Settings, report: Report) -> None:
