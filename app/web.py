@@ -195,7 +195,7 @@ class Events(View):
                 if value is not None and (len(value) > 64 or not value.isprintable()):
                     raise ValueError(f"{name} must be at most 64 printable characters")
             rows, cursor = await store.query(start, end, token=token, event_types=types, limit=limit,
-                                             cursor=q.get("cursor") or None)
+                                             cursor=q.get("cursor") or None, max_bytes=settings.events_page_max_bytes)
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
         except UNAVAILABLE as exc:

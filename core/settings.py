@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     #: Store every event in PostgreSQL (backtests turn it off: their events stay in their topics).
     store_events: bool = True
 
+    #: ``/events/``: a page holds at most this many bytes of event JSON (and at most ``limit`` rows).
+    events_page_max_bytes: int = Field(1_048_576, ge=4096)
+
     # --- event-store sink
     sink_batch_size: int = Field(1000, ge=1)
     sink_batch_seconds: float = Field(0.25, gt=0)

@@ -203,9 +203,12 @@ class EventStore:
 
     async def query(self, start_ms: int, end_ms: int, token: str | None = None,
                     event_types: list[str] | None = None, limit: int = 1000,
-                    cursor: str | None = None) -> tuple[list[dict], str | None]:
+                    cursor: str | None = None, max_bytes: int | None = None) -> tuple[list[dict], str | None]:
         """Events with ``start_ms <= timestamp < end_ms`` (ms since epoch, UTC), optionally of one
-        token and some event types, ordered by (timestamp, event_id), at most ``limit`` (1-10,000).
+        token and some event types, ordered by (timestamp, event_id), at most ``limit`` (1-10,000)
+        and, given ``max_bytes``, no more rows than fit in that many bytes of event JSON (at least
+        one): rows are read through a server-side cursor, so a page's memory stays near its cap
+        whatever the limit.
 
         Returns ``(rows, next_cursor)``; pass ``next_cursor`` back for the next page (``None`` on
         the last page). Rows: ``event_id``, ``event_type``, ``timestamp`` (ms), ``token``,
@@ -227,14 +230,24 @@ class EventStore:
             args.extend([_ts(ts_ms), event_id])
             where.append(f"(timestamp, event_id) > (${len(args) - 1}, ${len(args)})")
         args.append(limit)
+        sql = (f"SELECT event_id, event_type, timestamp, token, data::text AS data, source FROM events "
+               f"WHERE {' AND '.join(where)} ORDER BY timestamp, event_id LIMIT ${len(args)}")
+        out: list[dict] = []
+        last = None
+        full = False
+        size = 0
         pool = await self.pool()
-        rows = await pool.fetch(
-            f"SELECT event_id, event_type, timestamp, token, data::text AS data, source FROM events "
-            f"WHERE {' AND '.join(where)} ORDER BY timestamp, event_id LIMIT ${len(args)}", *args)
-        out = [{"event_id": str(r["event_id"]), "event_type": r["event_type"],
-                "timestamp": int(r["timestamp"].timestamp() * 1000), "token": r["token"], "source": r["source"],
-                "data": r["data"]} for r in rows]
-        nxt = encode_cursor(rows[-1]["timestamp"], rows[-1]["event_id"]) if len(rows) == limit else None
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            async for r in conn.cursor(sql, *args, prefetch=min(limit, 500)):
+                size += len(r["data"]) + 200  # the row's other fields, as JSON, at most about this
+                if out and max_bytes is not None and size > max_bytes:
+                    full = True
+                    break
+                out.append({"event_id": str(r["event_id"]), "event_type": r["event_type"],
+                            "timestamp": int(r["timestamp"].timestamp() * 1000), "token": r["token"],
+                            "source": r["source"], "data": r["data"]})
+                last = r
+        nxt = encode_cursor(last["timestamp"], last["event_id"]) if last is not None and (full or len(out) == limit) else None
         return out, nxt
 
 

@@ -102,3 +102,30 @@ def test_copy_writes_are_idempotent_partitions_come_on_demand_and_pages_cover_ev
     assert [r["event_id"] for r in seen] == [str(r.event_id) for r in batch]  # time order (ids unique per ms here)
     assert len(eth) == 500 and {r["token"] for r in eth} == {"ETH"}
     assert decode_cursor("MTcyMzE2MTI4MTAwMDAwMDphM2Y2MjFkNi1hMTMyLTQ4NDEtYWU3Ni0wY2Y3MWE3MTU0MGQ")[0] == 1723161281000
+
+
+def test_pages_stop_at_their_byte_cap_and_still_cover_everything(fresh_database_url):
+    """With ``max_bytes``, a page stops before the events' JSON passes the cap (one event at least,
+    however large); following the cursors still returns every event once, in order."""
+    async def scenario():
+        store = EventStore(fresh_database_url)
+        try:
+            await store.migrate()
+            big = [Row(uuid.uuid4(), "price.tick", T0 + i * 1000, "BTC", json.dumps({"i": i, "pad": "x" * 10_000}), "t")
+                   for i in range(50)]
+            huge = Row(uuid.uuid4(), "price.tick", T0 + 50_000, "BTC", json.dumps({"pad": "y" * 300_000}), "t")
+            await store.write(big + [huge])
+            pages, cursor = [], None
+            while True:
+                page, cursor = await store.query(T0, T0 + DAY, limit=10_000, cursor=cursor, max_bytes=100_000)
+                pages.append(page)
+                if cursor is None:
+                    break
+            return big + [huge], pages
+        finally:
+            await store.close()
+
+    written, pages = run(scenario())
+    assert [r["event_id"] for p in pages for r in p] == [str(r.event_id) for r in written]
+    assert all(sum(len(r["data"]) + 200 for r in p) <= 100_000 for p in pages[:-1] if len(p) > 1)
+    assert max(len(p) for p in pages) <= 9 and len(pages[-1]) == 1  # the 300 KB event alone on its page
