@@ -26,6 +26,15 @@ async def _counts(dsn: str) -> tuple[int, int, int]:
         await conn.close()
 
 
+def _settled_counts(dsn: str, timeout: float = 300) -> tuple[int, int, int]:
+    """The store's counts once every tick of the sample is in (or ``timeout`` s passed), 3 s later."""
+    deadline = time.monotonic() + timeout
+    while asyncio.run(_counts(dsn))[0] < N_SAMPLE and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(3)
+    return asyncio.run(_counts(dsn))
+
+
 def test_sigkill_mid_feed_then_restart_stores_every_event_once(tmp_path, fresh_database_url):
     database_url = fresh_database_url
     stack = Stack(tmp_path, database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1", STORE_URL="rocksdb://")
@@ -42,11 +51,7 @@ def test_sigkill_mid_feed_then_restart_stores_every_event_once(tmp_path, fresh_d
         w2 = stack.worker("w1")  # the same worker (same data folder) comes back
         w2.start()
         assert feed.wait(300) == 0
-        deadline = time.monotonic() + 300
-        while asyncio.run(_counts(database_url))[0] < N_SAMPLE and time.monotonic() < deadline:
-            time.sleep(1)
-        time.sleep(3)
-        ticks, n, ids = asyncio.run(_counts(database_url))
+        ticks, n, ids = _settled_counts(database_url)
         assert ticks == N_SAMPLE, (killed_at, ticks)
         assert n == ids  # every stored event once
     finally:
@@ -78,11 +83,7 @@ def test_ten_sigkills_during_a_feed_then_the_store_holds_every_event_once(tmp_pa
             worker = stack.worker("w1")
             worker.start()
         assert feed.wait(400) == 0
-        deadline = time.monotonic() + 300
-        while asyncio.run(_counts(database_url))[0] < N_SAMPLE and time.monotonic() < deadline:
-            time.sleep(1)
-        time.sleep(3)
-        ticks, n, ids = asyncio.run(_counts(database_url))
+        ticks, n, ids = _settled_counts(database_url)
         assert len(kills) == 10 and kills == sorted(kills), kills
         assert ticks == N_SAMPLE, (kills, ticks)
         assert n == ids  # every stored event once
