@@ -101,6 +101,10 @@ app = faust.App(
     # replayed by the next owner, and every agent is idempotent under replay.
     stream_wait_empty=False,
     web_in_thread=False,
+    # A topic the worker has just created may be missing from the broker's first metadata answer;
+    # the group then assigns without it until the consumer's next metadata refresh (Faust's
+    # default: 5 minutes, during which the tables reading it never recover). 10 s bounds that.
+    consumer_metadata_max_age_ms=10_000,
     broker_session_timeout=settings.kafka_session_timeout_seconds,
     broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
 )

@@ -262,7 +262,7 @@ def main() -> None:
                       f"{total - within['1.0']:.0f} over 1 s; slow clients dropped "
                       f"{m.get('moondev_dashboard_slow_clients_total', 0):.0f}", flush=True)
         finally:
-            stack.stop(delete_topics=True)
+            stack.stop()
 
 
 if __name__ == "__main__":

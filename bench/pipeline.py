@@ -215,7 +215,7 @@ def main() -> None:
     except _Skip:
         pass
     finally:
-        stack.stop(delete_topics=True)
+        stack.stop()
 
     # 3: two workers
     if not args.no_workers2:
@@ -238,7 +238,7 @@ def main() -> None:
                   f"(one worker above: {whole:,.0f}; ticks consumed per worker: "
                   f"{[int(metric_sum([w], 'moondev_ticks_consumed_total')) for w in ws]})", flush=True)
         finally:
-            stack.stop(delete_topics=True)
+            stack.stop()
 
     # 4: latency, live feed
     for speed in [s.strip() for s in args.speeds.split(",") if s.strip()]:
@@ -259,7 +259,7 @@ def main() -> None:
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
-            stack.stop(delete_topics=True)
+            stack.stop()
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def main() -> None:
         m = w.metrics()
         ticks = m.get("moondev_ticks_consumed_total", 0)
     finally:
-        stack.stop(delete_topics=True)
+        stack.stop()
     if lat:
         print("latencies (ms, sorted):", " ".join(f"{x:.0f}" for x in sorted(lat)))
         print(f"tick -> force-close fill at {args.rate} ticks/s: n={len(lat)}  p50 {pct(lat, .5):.1f} ms  "

@@ -67,7 +67,7 @@ def trading_run(tmp: Path, llm_url: str | None) -> tuple[float, dict]:
                if k.startswith("moondev_llm_requests_total{")}
         return rate, llm
     finally:
-        stack.stop(delete_topics=True)
+        stack.stop()
 
 
 def bench_llm(args, tmp: Path) -> None:
@@ -188,7 +188,7 @@ def bench_sentiment(args, tmp: Path) -> None:
         else:
             print("correlation.detected: none")
     finally:
-        stack.stop(delete_topics=True)
+        stack.stop()
 
 
 def main() -> None:
