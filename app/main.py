@@ -15,6 +15,7 @@ import time
 
 import faust
 
+from app.kafka import PartitionAssignor, Topic
 from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
@@ -67,6 +68,10 @@ app = faust.App(
     settings.app_id,
     Table=RawKeyTable,
     GlobalTable=RawKeyGlobalTable,
+    # A created topic is declared only once the brokers list it, and an assignment that misses a
+    # global table's changelog does not fail (app.kafka).
+    Topic=Topic,
+    PartitionAssignor=PartitionAssignor,
     broker=settings.kafka_broker,
     broker_credentials=_broker_credentials(),
     store=settings.store_url,
@@ -101,9 +106,8 @@ app = faust.App(
     # replayed by the next owner, and every agent is idempotent under replay.
     stream_wait_empty=False,
     web_in_thread=False,
-    # A topic the worker has just created may be missing from the broker's first metadata answer;
-    # the group then assigns without it until the consumer's next metadata refresh (Faust's
-    # default: 5 minutes, during which the tables reading it never recover). 10 s bounds that.
+    # Should a subscribed topic still be missing from the group's first assignment (app.kafka),
+    # the consumer's next metadata refresh sees it and rejoins: 10 s instead of Faust's 5 minutes.
     consumer_metadata_max_age_ms=10_000,
     broker_session_timeout=settings.kafka_session_timeout_seconds,
     broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,

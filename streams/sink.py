@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -119,7 +120,10 @@ async def run_sink() -> None:
         if time.monotonic() - started > 60:
             delay = 0.5
         SINK_RESTARTS.inc()
-        log.error("event-store sink process exited with %s; restarting in %.1f s", code, delay)
+        # A signal to the worker's process group (the usual way to stop a worker) reaches the sink
+        # too, a moment before this task is cancelled: not an error.
+        level = logging.WARNING if code in (-signal.SIGTERM, -signal.SIGINT) else logging.ERROR
+        log.log(level, "event-store sink process exited with %s; restarting in %.1f s", code, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
 

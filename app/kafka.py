@@ -1,0 +1,96 @@
+"""Two Faust parts adjusted so that a worker's first start cannot hang on a topic it has just
+created (``docs/architecture.md``, "A worker's first start").
+
+* :class:`Topic` returns from ``declare()`` only once every broker's metadata lists the topic.
+  Faust creates its internal topics (table changelogs, the assignor's leader topic) right before
+  the consumer subscribes; the broker acknowledges a CreateTopics request once its controller has
+  committed the topic, which can be a few milliseconds before the broker's own metadata cache
+  shows it, so the group's first assignment could be computed without it.
+* :class:`PartitionAssignor` assigns what it can when a global table's changelog is missing from
+  the metadata anyway (several brokers, a deleted topic), instead of raising ``KeyError`` inside
+  the group coordinator, which left the worker joined to nothing and never ready. The consumer's
+  next metadata refresh (``consumer_metadata_max_age_ms``) sees the topic appear and rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+
+import faust
+from aiokafka.protocol.metadata import MetadataRequest
+from faust.assignor import PartitionAssignor as FaustPartitionAssignor
+
+log = logging.getLogger("moondev")
+
+#: How long ``declare()`` waits for a created topic to show in every broker's metadata (seconds).
+TOPIC_VISIBLE_TIMEOUT_S = 30.0
+
+
+async def wait_until_listed(client, topics: Iterable[str], timeout: float = TOPIC_VISIBLE_TIMEOUT_S) -> None:
+    """Wait until every broker the aiokafka ``client`` knows answers a Metadata request with all
+    ``topics``, each partition with a leader. The request does not allow auto-creation, so a topic
+    nobody created is not made behind the caller's back.
+
+    Raises ``TimeoutError`` after ``timeout`` seconds, naming the topics still missing."""
+    names = sorted(set(topics))
+    if not names:
+        return
+    request = MetadataRequest(names, allow_auto_topic_creation=False)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        missing: set[str] = set()
+        for node_id in [b.nodeId for b in client.cluster.brokers()] or ["bootstrap"]:
+            response = await client.send(node_id, request)
+            missing |= set(names) - _listed(response)
+        if not missing:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not in the brokers' metadata after {timeout} s: {sorted(missing)}")
+        await asyncio.sleep(0.05)
+
+
+def _listed(response) -> set[str]:
+    """Topics of a Metadata response that exist and have a leader for every partition."""
+    listed = set()
+    for topic_data in response.topics:
+        if response.API_VERSION == 0:
+            error_code, topic, partitions = topic_data
+        else:
+            error_code, topic, _internal, partitions = topic_data
+        if error_code == 0 and partitions and all(p[2] != -1 for p in partitions):
+            listed.add(topic)
+    return listed
+
+
+class Topic(faust.Topic):
+    """``faust.Topic`` whose ``declare()`` also waits until the brokers list the topic."""
+
+    async def declare(self) -> None:
+        await super().declare()
+        if self.app.conf.topic_allow_declare:
+            producer = await self._get_producer()
+            # The aiokafka client Faust's producer created the topic with.
+            await wait_until_listed(producer._ensure_producer().client, self.topics)
+
+
+class PartitionAssignor(FaustPartitionAssignor):
+    """Faust's assignor, but a global table whose changelog the metadata does not list yet gets no
+    partitions in this generation instead of failing the whole assignment."""
+
+    def _global_table_standby_assignments(self, assignments, partitions_by_topic: Mapping[str, int]):
+        missing = {table._changelog_topic_name() for table in self._table_manager.data.values()
+                   if table.is_global and table._changelog_topic_name() not in partitions_by_topic}
+        if not missing:
+            return super()._global_table_standby_assignments(assignments, partitions_by_topic)
+        log.warning("assignment without global table changelogs missing from the metadata: %s; the group "
+                    "rejoins when the metadata lists them", sorted(missing))
+        assignments = super()._global_table_standby_assignments(
+            assignments, {**partitions_by_topic, **dict.fromkeys(missing, 0)})
+        for assignment in assignments.values():
+            for topic in missing:
+                assignment.actives.pop(topic, None)
+                assignment.standbys.pop(topic, None)
+        return assignments

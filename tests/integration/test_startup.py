@@ -1,0 +1,62 @@
+"""A worker's first start on the real broker: topics it creates are listed before it joins its
+group, and a global table changelog missing from the first assignment is recovered once the
+metadata lists it (app.kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.kafka import wait_until_listed
+from app.local import Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+BROKER = "127.0.0.1:9092"
+FAULTS = Path(__file__).parent / "faults"
+
+
+def test_wait_until_listed_sees_a_created_topic_and_creates_none():
+    created, never = f"startup-{uuid.uuid4().hex[:8]}", f"startup-never-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> list[str]:
+        admin, client = AIOKafkaAdminClient(bootstrap_servers=BROKER), AIOKafkaClient(bootstrap_servers=BROKER)
+        await admin.start()
+        await client.bootstrap()
+        try:
+            await admin.create_topics([NewTopic(created, 3, 1)])
+            await wait_until_listed(client, [created], timeout=10)
+            with pytest.raises(TimeoutError, match=never):
+                await wait_until_listed(client, [created, never], timeout=1)
+            return await admin.list_topics()
+        finally:
+            await admin.delete_topics([created])
+            await client.close()
+            await admin.close()
+
+    topics = asyncio.run(run())
+    assert created in topics
+    assert never not in topics, "the wait must not auto-create the topics it asks about"
+
+
+def test_worker_recovers_a_global_changelog_missing_from_its_first_assignment(tmp_path, database_url):
+    pythonpath = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH")) if p)
+    stack = Stack(tmp_path, database_url, PYTHONPATH=pythonpath,
+                  FAULT_LATE_TOPIC_SUFFIX="-halt-changelog", FAULT_LATE_TOPIC_DELAY_S="3")
+    try:
+        w = stack.worker().start(wait=90)
+        log = w.log_tail(10**7)
+        halt = f"{stack.env['APP_ID']}-halt-changelog"
+        assert "assignment without global table changelogs missing" in log, "the fault did not happen"
+        # The consumer's metadata refresh (10 s) sees the topic and the group rejoins with it.
+        wait_until(lambda: f"TopicPartition(topic='{halt}', partition=0)" in w.log_tail(10**7), 40,
+                   "the halt changelog assigned after the rejoin")
+        wait_until(lambda: w.get("/health/").get("status") == "ok", 30, "the worker ready again")
+    finally:
+        stack.stop()
