@@ -141,21 +141,22 @@ class Hub:
                 self._apply_halt(event)
             self.recent[kind].append(event)
 
-    def _apply_last_prices(self, records: list) -> None:
-        """Fold in a fetched batch of one ``price.ticks`` partition as each token's last valid tick
-        (looked for from the newest back): the chart keeps one price per second, and a batch spans
-        well under a second of ticks when the hub keeps up (decoding every tick cost the worker
-        as much as a tenth of the tick path). While the hub reads its start-up history it takes
-        every tick."""
+    def _apply_prices(self, records: list, last_only: bool) -> None:
+        """Fold in a fetched batch of one ``price.ticks`` partition: every valid tick, or with
+        ``last_only`` each token's last valid tick (looked for from the newest back). The chart
+        keeps one price per second, and a batch spans well under a second of ticks when the hub
+        keeps up (decoding every tick cost the worker as much as a tenth of the tick path); the
+        start-up history is read whole."""
         done: set = set()
-        for record in reversed(records):
+        for record in reversed(records) if last_only else records:
             if record.key in done:
                 continue
             try:
                 tick = decode_checked(record.value, key=record.key)
             except EventError:
                 continue
-            done.add(record.key)
+            if last_only:
+                done.add(record.key)
             self.apply("price", {"token": tick.token, "price": getattr(tick, "price", None), "timestamp": tick.timestamp})
 
     def _apply_halt(self, event: dict) -> None:
@@ -244,19 +245,14 @@ class Hub:
                 live = self.ready.is_set()
                 for tp, records in batches.items():
                     kind = kinds[tp]
-                    if kind == "price" and live:
-                        self._apply_last_prices(records)
-                        records = ()
-                    for record in records:
+                    if kind == "price":
+                        self._apply_prices(records, last_only=live)
+                    for record in records if kind != "price" else ():
                         try:
                             # the agents' own validation, event-time bounds included: what they
                             # dead-letter is not shown, and no message can stop the hub
-                            decoded = decode_checked(record.value, key=record.key if kind == "price" else None)
+                            decode_checked(record.value)
                         except EventError:
-                            continue
-                        if kind == "price":
-                            self.apply(kind, {"token": decoded.token, "price": getattr(decoded, "price", None),
-                                              "timestamp": decoded.timestamp})
                             continue
                         event = orjson.loads(record.value)
                         self.apply(kind, event)

@@ -7,6 +7,7 @@ other's topics, consumer groups, tables or changelogs.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -104,40 +105,52 @@ class Stack:
         its metadata does not show yet ignores it until the next metadata refresh (minutes), and
         the agent reading it would get nothing: a worker is started only once they exist.
         ``conn``: aiokafka connection arguments (default: KAFKA_BROKER, plaintext)."""
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
+        from aiokafka.admin import NewTopic
 
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        from core.settings import bootstrap_servers
         from models.topics import TOPIC_SPECS
 
         prefix = self.env["TOPIC_PREFIX"]
-        if conn is None:
-            conn = {"bootstrap_servers": bootstrap_servers(self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092"))}
         specs = {prefix + name: spec for name, spec in TOPIC_SPECS.items()}
 
-        async def declare() -> None:
+        async def declare(admin) -> None:
+            missing = sorted(set(specs) - set(await admin.list_topics()))
+            if missing:
+                await admin.create_topics([
+                    NewTopic(t, specs[t].partitions, 1,
+                             topic_configs={"retention.ms": str(int(specs[t].retention.total_seconds() * 1000))})
+                    for t in missing])
+            deadline = time.monotonic() + timeout
+            while left := set(specs) - set(await admin.list_topics()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"topics not in the broker's metadata after {timeout} s: {sorted(left)}")
+                await asyncio.sleep(0.1)
+
+        self._admin(declare, conn)
+        self.topics_declared = True
+
+    def _admin(self, action, conn: dict | None = None) -> None:
+        """Run ``await action(admin)`` with an aiokafka admin client on the run's broker (``conn``:
+        aiokafka connection arguments, default KAFKA_BROKER in plaintext), from sync code that may
+        itself be inside an event loop."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from core.settings import bootstrap_servers
+
+        if conn is None:
+            conn = {"bootstrap_servers": bootstrap_servers(self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092"))}
+
+        async def run() -> None:
             admin = AIOKafkaAdminClient(**conn)
             await admin.start()
             try:
-                missing = sorted(set(specs) - set(await admin.list_topics()))
-                if missing:
-                    await admin.create_topics([
-                        NewTopic(t, specs[t].partitions, 1,
-                                 topic_configs={"retention.ms": str(int(specs[t].retention.total_seconds() * 1000))})
-                        for t in missing])
-                deadline = time.monotonic() + timeout
-                while left := set(specs) - set(await admin.list_topics()):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"topics not in the broker's metadata after {timeout} s: {sorted(left)}")
-                    await asyncio.sleep(0.1)
+                await action(admin)
             finally:
                 await admin.close()
 
-        with ThreadPoolExecutor(1) as pool:  # callers may be inside an event loop
-            pool.submit(asyncio.run, declare()).result()
-        self.topics_declared = True
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run()).result()
 
     def worker(self, name: str = "w1", **extra: str) -> "Worker":
         w = Worker(self, name, **extra)
@@ -163,33 +176,21 @@ class Stack:
         _LIVE.discard(self)
         if delete_topics and self.topics_declared:
             try:
-                self._delete_topics()
+                self.delete_topics()
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own outcome
                 print(f"Stack.stop: topics of run {self.run_id} not deleted: {exc}", file=sys.stderr)
 
-    def _delete_topics(self) -> None:
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
-
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        from core.settings import bootstrap_servers
-
+    def delete_topics(self, conn: dict | None = None) -> None:
+        """Delete the run's topics: its catalogue (the prefix) and the worker's own (changelogs,
+        assignor: the app id). ``conn`` as for :meth:`declare_topics`."""
         owned = (self.env["TOPIC_PREFIX"], self.env["APP_ID"] + "-")
-        conn = {"bootstrap_servers": bootstrap_servers(self.env.get("KAFKA_BROKER", "kafka://127.0.0.1:9092"))}
 
-        async def delete() -> None:
-            admin = AIOKafkaAdminClient(**conn)
-            await admin.start()
-            try:
-                mine = [t for t in await admin.list_topics() if t.startswith(owned)]
-                if mine:
-                    await admin.delete_topics(mine)
-            finally:
-                await admin.close()
+        async def delete(admin) -> None:
+            mine = [t for t in await admin.list_topics() if t.startswith(owned)]
+            if mine:
+                await admin.delete_topics(mine)
 
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, delete()).result()
+        self._admin(delete, conn)
 
 
 class Worker:

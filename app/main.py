@@ -165,14 +165,13 @@ async def _declare_on_start() -> None:
     await declare_topics()
 
 
-async def dead_letter(message, reason: str, agent: str, timestamp_ms: int | None = None) -> None:
-    """Send a Kafka message that failed to parse or validate to the dead-letter topic with the
-    reason. ``message``: a Faust message (``event.message``, timestamp in seconds) or, with its
-    ``timestamp_ms`` given, an aiokafka record."""
+async def dead_letter(message, reason: str, agent: str) -> None:
+    """Send a Kafka message (``event.message``) that failed to parse or validate to the
+    dead-letter topic with the reason."""
     raw: bytes = message.value if isinstance(message.value, bytes) else bytes(str(message.value or ""), "utf-8")
-    if timestamp_ms is None:
-        timestamp_ms = int(message.timestamp * 1000) if message.timestamp else 0
-    dl = dead_letter_event(raw, reason, agent, message.topic, message.partition, message.offset, timestamp_ms)
+    ts = message.timestamp
+    dl = dead_letter_event(raw, reason, agent, message.topic, message.partition, message.offset,
+                           int(ts * 1000) if ts else 0)
     log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
     DEAD_LETTERS.labels(message.topic).inc()
     await emit(dl)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from app.local import Stack
 
@@ -66,18 +65,6 @@ async def read_topics(conn: dict, topics: list[str], idle_s: float) -> list[tupl
                 out += [(m.topic, json.loads(m.value)) for m in msgs]
     finally:
         await consumer.stop()
-
-
-async def _delete_topics(conn: dict, prefixes: tuple[str, ...]) -> None:
-    """Delete the run's topics (its prefix) and changelogs (its app id)."""
-    admin = AIOKafkaAdminClient(**conn)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 def worker_env(settings) -> dict[str, str]:
@@ -139,7 +126,7 @@ def run_kafka(events: list[dict], settings, *, workdir: Path, speed: float | Non
         worker.stop(signal.SIGKILL)  # nothing to keep: its tables are in memory, its topics go next
         if not keep_topics:
             try:
-                asyncio.run(_delete_topics(conn, (prefix, stack.env["APP_ID"] + "-")))
+                stack.delete_topics(conn)
             except Exception:  # noqa: BLE001 - cleanup is best effort
                 pass
     return sorted(fills, key=lambda f: (f["timestamp"], f.get("fill_id") or "")), max(elapsed, 1e-9), stack.run_id

@@ -113,6 +113,8 @@ SINK_WAITING = Gauge("moondev_sink_batch_waiting_seconds", "How long the event-s
 SINK_ERRORS = Counter("moondev_sink_errors_total", "Failed event-store batch writes (retried)", registry=REGISTRY)
 CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's high watermark",
                      ["topic", "partition"], registry=REGISTRY)
+
+
 class BoundedLabel:
     """A label value from data (an account): the first ``cap`` distinct values are kept as they
     are, later ones become ``other``, so whatever reaches a topic, a worker's metric series stay

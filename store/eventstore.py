@@ -40,6 +40,12 @@ SCHEMA_VERSION = 2
 #: not that it refused the rows or the query: a caller retries these, or answers 503.
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.exceptions.OperatorInterventionError)
+#: Failures of the rows themselves, so that writing the same rows again cannot help: PostgreSQL's
+#: data exceptions (SQLSTATE class 22: a value out of range, invalid JSON text, an untranslatable
+#: character), a NOT NULL violation, and asyncpg refusing to encode a value locally
+#: (``ValueError``/``OverflowError``/``TypeError``). Anything else (unreachable, permissions, a
+#: missing partition) is worth retrying, so a misconfigured database never refuses good rows.
+REFUSED = (asyncpg.DataError, asyncpg.NotNullViolationError, ValueError, OverflowError, TypeError)
 COLUMNS = ("event_id", "event_type", "timestamp", "token", "data", "source")
 
 _V1 = """

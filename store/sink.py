@@ -26,7 +26,7 @@ The process reports to the worker on stdout, one JSON object a line (:class:`Rep
 once a second, which the worker turns into its ``moondev_sink_*`` metrics and its health; it exits
 when its stdin closes, so it never outlives its worker, even one killed with SIGKILL.
 
-A batch the store refuses for its data (:data:`DATA_ERRORS`) is split to find the rows it refuses,
+A batch the store refuses for its data (:data:`store.eventstore.REFUSED`) is split to find the rows it refuses,
 which go to the dead letters with the database's reason; only other errors are retried.
 """
 
@@ -50,7 +50,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from core.settings import Settings, get_settings
 from models.events import DeadLetter, EventError, dead_letter_event, decode_checked_at, encode_event
 from models.topics import TOPIC_SPECS, key_of
-from store.eventstore import EventStore, Row
+from store.eventstore import REFUSED, EventStore, Row
 
 log = logging.getLogger("moondev.sink")
 
@@ -75,7 +75,7 @@ class Report:
         self.rows: collections.Counter = collections.Counter()
         self.batches: list[list] = []
         self.errors = 0
-        self.poison = 0
+        self.refused = 0
         self.dead_letters: collections.Counter = collections.Counter()
         self.lag: dict[str, int] = {}
         #: monotonic time the batch being written was read (None between batches)
@@ -87,9 +87,9 @@ class Report:
         if not (heartbeat or self.rows or self.batches or self.errors or self.dead_letters or self.lag):
             return None
         waiting = time.monotonic() - self.batch_since if self.batch_since is not None else 0.0
-        out = orjson.dumps({"rows": self.rows, "batches": self.batches, "errors": self.errors, "poison": self.poison,
+        out = orjson.dumps({"rows": self.rows, "batches": self.batches, "errors": self.errors, "refused": self.refused,
                             "dead_letters": self.dead_letters, "lag": self.lag, "waiting_s": round(waiting, 3)}) + b"\n"
-        self.rows, self.batches, self.errors, self.poison = collections.Counter(), [], 0, 0
+        self.rows, self.batches, self.errors, self.refused = collections.Counter(), [], 0, 0
         self.dead_letters, self.lag = collections.Counter(), {}
         return out
 
@@ -126,52 +126,42 @@ def rows_of(records: list, stored: dict[str, str], settings: Settings, now_ms: i
     return rows, per_topic, dead, origins
 
 
-#: Errors of the rows themselves, not of the database's reach, so retrying the same rows cannot
-#: help: PostgreSQL's data exceptions (SQLSTATE class 22: a value out of range, invalid JSON text,
-#: an untranslatable character), a NOT NULL violation, and asyncpg refusing to encode a value
-#: (``ValueError``/``OverflowError``/``TypeError``). Anything else (connection, permissions, a
-#: missing partition) is retried, so a misconfigured database never dead-letters good rows.
-DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.NotNullViolationError, ValueError,
-                                                 OverflowError, TypeError)
-
-
 async def write_with_retry(store: EventStore, rows: list[Row], report: Report,
-                           on_poison: Callable[[int, BaseException], Awaitable[None]] | None = None,
+                           on_refused: Callable[[int, BaseException], Awaitable[None]] | None = None,
                            _offset: int = 0) -> None:
     """Write ``rows`` in one transaction. A database that cannot be reached (or fails for any
     reason other than the rows) is retried until it succeeds, cancellation aside, with tenacity's
     exponential backoff with full jitter (0.1 s doubling, at most 10 s: AWS's "Exponential Backoff
-    And Jitter"), so replicas do not retry in lockstep. A
-    batch refused for its data (:data:`DATA_ERRORS`) is split in halves, each written the same
-    way, down to the rows that fail alone: each of those is handed to ``on_poison(index in rows,
-    error)`` (the dead letters) and skipped, so one bad row never holds the rest."""
-    t0 = time.perf_counter()
+    And Jitter"), so replicas do not retry in lockstep. A batch refused for its data
+    (:data:`store.eventstore.REFUSED`) is split in halves, each written the same way, down to the
+    rows that fail alone: each of those is handed to ``on_refused(index in rows, error)`` (the
+    dead letters) and skipped, so one bad row never holds the rest."""
     try:
         async for attempt in AsyncRetrying(retry=retry_if_exception(_transient), wait=wait_random_exponential(0.1, max=10.0),
                                            before_sleep=_counted(report, len(rows)), reraise=True):
             with attempt:
                 t0 = time.perf_counter()
                 await store.write(rows)
-    except DATA_ERRORS as exc:
+    except REFUSED as exc:
         report.errors += 1
         if len(rows) == 1:
             log.error("event store refused a row (%s: %s); dead-lettered", type(exc).__name__, exc)
-            report.poison += 1
-            if on_poison is not None:
-                await on_poison(_offset, exc)
+            report.refused += 1
+            if on_refused is not None:
+                await on_refused(_offset, exc)
             return
         log.warning("event store refused a batch of %d rows (%s: %s); splitting it to find the bad rows",
                     len(rows), type(exc).__name__, exc)
         half = len(rows) // 2
-        await write_with_retry(store, rows[:half], report, on_poison, _offset)
-        await write_with_retry(store, rows[half:], report, on_poison, _offset + half)
+        await write_with_retry(store, rows[:half], report, on_refused, _offset)
+        await write_with_retry(store, rows[half:], report, on_refused, _offset + half)
         return
     report.batches.append([len(rows), time.perf_counter() - t0])
 
 
 def _transient(exc: BaseException) -> bool:
     """Retried: any failure but the rows' own (and cancellation, which is no failure)."""
-    return isinstance(exc, Exception) and not isinstance(exc, DATA_ERRORS)
+    return isinstance(exc, Exception) and not isinstance(exc, REFUSED)
 
 
 def _counted(report: Report, n: int):
@@ -289,7 +279,6 @@ async def _report_every(report: Report, seconds: float) -> None:
         line = report.line(heartbeat=now - last >= 1.0)  # at least one line a second: the worker's liveness check
         if line:
             last = now
-        if line:
             out.write(line)
             out.flush()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -40,7 +39,7 @@ schema_ready = asyncio.Event()
 
 class SinkHealth:
     """Whether the sink keeps up: stuck when the batch being written has waited longer than
-    SINK_STUCK_SECONDS (a database refusing writes, a poison row that is retried), or when no
+    SINK_STUCK_SECONDS (a database that cannot be reached or refuses every write), or when no
     sink process has reported for that long (dead, restarting, hung)."""
 
     def __init__(self, stuck_after_s: float) -> None:
@@ -78,8 +77,8 @@ def apply_report(line: bytes) -> None:
         sla.observe("event_store_insert", seconds * 1000.0)
     if rep.get("errors"):
         SINK_ERRORS.inc(rep["errors"])
-    if rep.get("poison"):
-        SINK_REFUSED.inc(rep["poison"])
+    if rep.get("refused"):
+        SINK_REFUSED.inc(rep["refused"])
     for topic, n in rep.get("dead_letters", {}).items():
         DEAD_LETTERS.labels(topic).inc(n)
     for name, n in rep.get("lag", {}).items():
@@ -105,8 +104,7 @@ async def run_sink() -> None:
         started = time.monotonic()
         health.started()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "store.sink", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env=os.environ.copy())
+            sys.executable, "-m", "store.sink", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         try:
             while line := await proc.stdout.readline():
                 try:

@@ -44,15 +44,15 @@ def rows(n, bad=()):
 def test_refused_rows_are_isolated_and_the_rest_stored(n, bad):
     store, report, refused = Store(), sink.Report(), []
 
-    async def on_poison(i, exc):
+    async def on_refused(i, exc):
         assert isinstance(exc, asyncpg.DataError)
         refused.append(i)
 
     batch = rows(n, bad)
-    asyncio.run(sink.write_with_retry(store, batch, report, on_poison))
+    asyncio.run(sink.write_with_retry(store, batch, report, on_refused))
     assert sorted(refused) == sorted(bad)
     assert [r.event_id for r in store.stored] == [r.event_id for i, r in enumerate(batch) if i not in bad]
-    assert report.poison == len(bad)
+    assert report.refused == len(bad)
     # a split costs O(bad rows x log n) writes, not one per row
     assert store.calls <= 1 + 2 * len(bad) * (n.bit_length() + 1)
 
@@ -66,11 +66,11 @@ def test_an_unreachable_database_is_retried_not_dead_lettered(monkeypatch):
     monkeypatch.setattr(sink.asyncio, "sleep", no_sleep)
     store, report, refused = Store(down=3), sink.Report(), []
 
-    async def on_poison(i, exc):
+    async def on_refused(i, exc):
         refused.append(i)
 
     batch = rows(10)
-    asyncio.run(sink.write_with_retry(store, batch, report, on_poison))
+    asyncio.run(sink.write_with_retry(store, batch, report, on_refused))
     assert refused == [] and len(store.stored) == 10 and report.errors == 3
     assert len(slept) == 3 and slept[0] <= 0.1 and slept[1] <= 0.2 and slept[2] <= 0.4  # backoff with jitter
 
