@@ -15,7 +15,7 @@ import time
 
 import faust
 
-from app.kafka import PartitionAssignor, Topic
+from app.kafka import App, PartitionAssignor, Topic
 from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.redact import install_redaction
@@ -64,8 +64,9 @@ class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
     pass
 
 
-app = faust.App(
+app = App(
     settings.app_id,
+    fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     Table=RawKeyTable,
     GlobalTable=RawKeyGlobalTable,
     # A created topic is declared only once the brokers list it, and an assignment that misses a

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     #: partitions (and their tables, from standby replicas) move to the others.
     kafka_session_timeout_seconds: float = Field(30.0, ge=6)
     kafka_heartbeat_interval_seconds: float = Field(3.0, gt=0)
+    #: Longest time (ms) the broker holds a worker's fetch that finds no data: bounds how long a
+    #: drained partition waits behind a fetch of idle ones (app.kafka.App), at the cost of about
+    #: 1000 / this many empty fetches a second when idle.
+    kafka_fetch_max_wait_ms: int = Field(10, ge=1, le=1500)
 
     # --- event time
     #: Events stamped more than this far ahead of the wall clock (s), or before the floor (ms

@@ -224,6 +224,10 @@ async def run(settings: Settings, report: Report) -> None:
     consumer = AIOKafkaConsumer(
         *stored, group_id=f"{settings.app_id}-event-store", enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=settings.sink_batch_size,
+        # The broker holds a fetch until 1 MiB or a batch's time has gathered: at a live trickle
+        # a fetch answered per byte meant hundreds of round trips a second, each decoded in Python,
+        # a third of a core for 1,000 ticks/s.
+        fetch_min_bytes=1 << 20, fetch_max_wait_ms=max(1, int(settings.sink_batch_seconds * 1000)),
         metadata_max_age_ms=5_000, client_id=f"{settings.app_id}-event-store", **conn)
     producer = AIOKafkaProducer(client_id=f"{settings.app_id}-event-store", linger_ms=5, **conn)
     await _start(consumer, "consumer")
