@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import click
 from faust.cli import argument, option
@@ -84,7 +85,7 @@ async def feed(self, file: str, speed: str, token: str | None, limit: str, max_g
     await declare_topics()
     topic = TOPICS["price.ticks"]
     vol = RollingVolume()
-    feed_id = uuid.uuid4().hex[:8]
+    source = Path(file).name
     self.say(f"feeding {len(rows)} ticks of {sorted({r.token for r in rows})} from {file} "
              f"to {topic.get_topic_name()} at speed {speed}")
     t0 = time.monotonic()
@@ -95,7 +96,7 @@ async def feed(self, file: str, speed: str, token: str | None, limit: str, max_g
             if wait > 0.001:
                 await asyncio.sleep(wait)
         now_ms = int(time.time() * 1000)
-        tick = PriceTick(event_id=uuid.uuid4(), timestamp=row.ts_ms, token=row.token, source=f"feed.file:{feed_id}",
+        tick = PriceTick(event_id=row.event_id, timestamp=row.ts_ms, token=row.token, source=f"feed.file:{source}",
                          price=row.price, size=row.size,
                          volume_1m=vol.add(row.token, row.ts_ms, row.quote_volume), ingest_ms=now_ms)
         await topic.send(key=row.token.encode(), value=encode_event(tick))
@@ -313,8 +314,6 @@ async def backtest(self, start: str | None, end: str | None, file: str | None, t
                    balance: float, bar_seconds: float | None, speed: float | None, out: str | None) -> None:
     """Replay history through the same agents, isolated from live trading, and report (or sweep a
     parameter grid)."""
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from backtest import api

@@ -8,6 +8,12 @@ Formats, recognised by their CSV header (``.csv`` or gzip-compressed ``.csv.gz``
 - **OHLCV candles** (``timestamp, open, high, low, close, volume``; timestamp ISO-8601 UTC or ms):
   one tick per candle at its close time, with the candle's volume as quote volume. The token comes
   from ``--token`` (a candle file names no symbol).
+
+Every row has a stable identity (:attr:`TickRow.key`), from which a fed tick's ``event_id``
+derives, so feeding the same data twice gives the same events and the store keeps one copy: a
+Binance trade is ``("binance", stream kind, symbol, trade id)``, the parts the live Binance adapter
+derives its ids from, so a file of captured trades and the live feed agree; a candle is its token and
+close time; a row with no trade id is its own content plus how many identical rows came before it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from uuid import UUID
+
+from models.events import derived_id
 
 #: Quote-currency suffixes stripped to get the token (BTCUSDT, BTC-USD, BTCUSD_PERP → BTC).
 _SUFFIXES = ("USD_PERP", "-USD-PERP", "-PERP", "USDT", "USDC", "-USD", "_USD", "USD", "/USD")
@@ -44,6 +53,12 @@ class TickRow:
     price: float  # USD
     size: float | None  # base units, when known
     quote_volume: float  # USD notional of this tick
+    key: tuple = ()  # the row's identity in its source (see the module docstring)
+
+    @property
+    def event_id(self) -> UUID:
+        """The ``event_id`` of this row's tick: :func:`models.events.derived_id` of :attr:`key`."""
+        return derived_id(*self.key)
 
 
 class FeedError(ValueError):
@@ -98,8 +113,13 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
                     price = float(row["price"])
                     qty = float(row["qty"])
                     coin_qty = row.get("market") != "cm"
-                    rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(row["symbol"]), price,
-                                        qty if coin_qty else None, price * qty if coin_qty else qty * 100.0))
+                    symbol = row["symbol"].strip().upper()
+                    key = ()
+                    if (row.get("trade_id") or "").strip():
+                        stream_kind = (row.get("stream") or "").partition("@")[2] or "trade"
+                        key = ("binance", stream_kind, symbol, int(row["trade_id"]))
+                    rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(symbol), price,
+                                        qty if coin_qty else None, price * qty if coin_qty else qty * 100.0, key))
                 else:
                     rows.append(TickRow(parse_time_ms(row["timestamp"]), token, float(row["close"]), None,
                                         float(row["volume"])))
@@ -108,7 +128,14 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
     if kind == "candles":
         # a candle's close is its open time plus the interval (the shortest step between candles)
         interval = candle_interval_ms(rows)
-        rows = [TickRow(r.ts_ms + interval, r.token, r.price, r.size, r.quote_volume) for r in rows]
+        rows = [TickRow(r.ts_ms + interval, r.token, r.price, r.size, r.quote_volume,
+                        ("candle", r.token, r.ts_ms + interval)) for r in rows]
+    seen: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        if not r.key:  # in file order, so the n-th identical row keeps its number on every read
+            content = ("row", r.token, r.ts_ms, repr(r.price), repr(r.size), repr(r.quote_volume))
+            n = seen[content] = seen.get(content, -1) + 1
+            rows[i] = TickRow(r.ts_ms, r.token, r.price, r.size, r.quote_volume, (*content, n))
     rows.sort(key=lambda r: r.ts_ms)
     return rows[:limit] if limit else rows
 

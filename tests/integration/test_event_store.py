@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import asyncpg
@@ -129,3 +130,34 @@ def test_pages_stop_at_their_byte_cap_and_still_cover_everything(fresh_database_
     assert [r["event_id"] for p in pages for r in p] == [str(r.event_id) for r in written]
     assert all(sum(len(r["data"]) + 200 for r in p) <= 100_000 for p in pages[:-1] if len(p) > 1)
     assert max(len(p) for p in pages) <= 9 and len(pages[-1]) == 1  # the 300 KB event alone on its page
+
+
+def test_feeding_the_same_file_twice_stores_it_once(tmp_path, fresh_database_url):
+    """Fed ticks take their ids from the data (feeds.files), so a second feed of the same file
+    adds no row to the store."""
+    from app.local import SAMPLE, Stack, wait_until
+
+    async def stored() -> tuple[int, int]:
+        conn = await asyncpg.connect(fresh_database_url)
+        try:
+            r = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events "
+                                    "WHERE event_type = 'price.tick'")
+            return r["n"], r["d"]
+        finally:
+            await conn.close()
+
+    def sink_caught_up(w) -> bool:
+        lag = w.metrics("moondev_sink_lag")
+        return bool(lag) and sum(lag.values()) == 0
+
+    stack = Stack(tmp_path, fresh_database_url)
+    try:
+        w = stack.worker().start()
+        stack.feed(SAMPLE, "max", "--limit", "400")
+        wait_until(lambda: run(stored())[0] >= 400, 60, "the first feed stored")
+        stack.feed(SAMPLE, "max", "--limit", "400")
+        time.sleep(1)
+        wait_until(lambda: sink_caught_up(w), 60, "the sink caught up with the second feed")
+        assert run(stored()) == (400, 400)
+    finally:
+        stack.stop()
