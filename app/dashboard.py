@@ -49,7 +49,7 @@ log = logging.getLogger("moondev.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-#: SPEC topic -> (push type, recent list it feeds or None)
+#: Catalogue topic -> (push type, recent list it feeds or None)
 WATCHED = {
     "state.changes": "state",
     "risk.alerts": "alert",

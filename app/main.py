@@ -119,7 +119,7 @@ app = App(
 # the app id; counted cheaply per message (app.monitor).
 app.monitor = LeanPrometheusMonitor(REGISTRY, "faust")
 
-#: SPEC topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
+#: Catalogue topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
 #: create them with these partitions and retention instead of the broker's defaults.
 TOPICS: dict[str, faust.TopicT] = {
     name: app.topic(settings.topic(name), partitions=spec.partitions, retention=spec.retention,
@@ -133,7 +133,7 @@ OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
 
 
 async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False) -> None:
-    """Send an event to its SPEC §3 topic (or ``topic_name``), keyed by token or account; with
+    """Send an event to its event type's topic (or ``topic_name``), keyed by token or account; with
     ``wait``, return only once the broker has acknowledged it (raises the send's error)."""
     name = topic_name or TOPIC_OF_EVENT[event.event_type]
     pending = await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))

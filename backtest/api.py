@@ -152,7 +152,7 @@ def _sha256(path: Path) -> str:
 def load(data, token: str | None = None) -> Data:
     """Input of a backtest from ``data``: a trades or candles file (CSV, optionally gzipped; see
     :mod:`feeds.files`), a pandas DataFrame of candles (a ``close`` column, times in a
-    ``timestamp`` column or the index; ``token`` required), a list of events (SPEC JSON dicts or
+    ``timestamp`` column or the index; ``token`` required), a list of events (wire JSON dicts or
     models), or a :class:`Data`.
 
     Raises:

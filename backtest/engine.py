@@ -88,7 +88,7 @@ def tick_id(source: str, index: int) -> uuid.UUID:
 
 
 def as_input(ev) -> Envelope | Tick:
-    """An input event from a dict (SPEC JSON, e.g. a row of the event store) or a model."""
+    """An input event from a dict (wire JSON, e.g. a row of the event store) or a model."""
     if isinstance(ev, (Envelope, Tick)):
         return ev
     if ev.get("event_type") == "price.tick":

@@ -85,7 +85,7 @@ def worker_env(settings) -> dict[str, str]:
 def run_kafka(events: list[dict], settings, *, workdir: Path, speed: float | None = None,
               progress: Callable[[int], None] = lambda n: None, keep_topics: bool = False,
               quiet_s: float = 3.0) -> tuple[list[dict], float, str]:
-    """Replay ``events`` (SPEC JSON dicts, sorted by timestamp) through an isolated worker with
+    """Replay ``events`` (wire JSON dicts, sorted by timestamp) through an isolated worker with
     ``settings`` (:func:`backtest.api.backtest_settings`); ``speed``: a real-time multiple, or
     None for as fast as possible. Returns (fills as JSON dicts, replay seconds, run id). Raises
     TimeoutError when the worker fails or does not finish."""

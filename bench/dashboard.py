@@ -12,7 +12,7 @@ connection storm measures the storm), and the first run starts 15 s after the wo
 so the figure is the dashboard path's.
 
 Prints, per client count: deliveries received / expected, p50, p99 and max in ms (goal
-< 50 ms p99 at 100 and at 1,000 clients; SPEC §7).
+< 50 ms p99 at 100 and at 1,000 clients; the state_to_dashboard SLA).
 
     python bench/dashboard.py [--clients 100,1000] [--events 300] [--rate 20] [--procs 1]
 """

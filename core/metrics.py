@@ -173,7 +173,7 @@ TICK_TO_DECISION_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
 SINK_BATCH_ROWS = Histogram("moondev_sink_batch_rows", "Rows per event-store batch write",
                             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=REGISTRY)
-SLA_VIOLATIONS = Counter("moondev_sla_violations_total", "Observations over their SPEC section 7 limit, by metric",
+SLA_VIOLATIONS = Counter("moondev_sla_violations_total", "Observations over their SLA limit, by metric",
                          ["metric"], registry=REGISTRY)
 DASHBOARD_CLIENTS = Gauge("moondev_dashboard_clients", "Connected dashboard WebSocket clients", registry=REGISTRY)
 DASHBOARD_MESSAGES = Counter("moondev_dashboard_messages_total", "Dashboard pushes by kind", ["kind"],

@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
     sink_nice: int = Field(10, ge=0, le=19)
 
-    # --- web: access control, dashboard, SLA (SPEC §6, §7)
+    # --- web: access control, dashboard, SLA
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as
     #: ``operator``. CONTROL_TOKENS (JSON {"name": "token"}) names several holders. Without any
     #: token the control endpoints refuse every request (401).
@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     #: the worker's own (a request whose Origin names the host it was sent to); clients that send
     #: no Origin (not browsers) are let in.
     dashboard_allowed_origins: list[str] = Field(default_factory=list)
-    #: SPEC §7 limits (ms), checked on every observation; a breach counts in
+    #: SLA latency limits (ms), checked on every observation; a breach counts in
     #: moondev_sla_violations_total and emits metric.sla_violation (at most one per metric per
     #: SLA_EVENT_INTERVAL_SECONDS, carrying the number of breaches it stands for).
     sla_limits_ms: dict[str, float] = Field(default_factory=lambda: {
@@ -292,7 +292,7 @@ class Settings(BaseSettings):
         return out
 
     def topic(self, name: str) -> str:
-        """Full topic name for a SPEC §3 topic name, with the configured prefix."""
+        """Full topic name for a catalogue topic name (models.topics), with the configured prefix."""
         return f"{self.topic_prefix}{name}"
 
 

@@ -1,4 +1,4 @@
-"""SLA monitor: the SPEC §7 limits (SLA_LIMITS_MS), checked on every observation.
+"""SLA monitor: the latency limits (SLA_LIMITS_MS), checked on every observation.
 
 Observations (ms) and where they are made:
 

@@ -1,4 +1,4 @@
-"""Consensus of the signals of one token that lie within a 5 s event-time interval (SPEC story 2).
+"""Consensus of the signals of one token that lie within a 5 s event-time interval.
 
 score = Σ(w_agent × confidence × signed score) / Σ(w_agent × confidence), where the signed score
 is +score for BUY, -score for SELL and 0 for HOLD; the result lies in -100..100 and its sign gives

@@ -1,4 +1,4 @@
-"""Sentiment–price correlation over a sliding 1-hour event-time window (SPEC story 5).
+"""Sentiment–price correlation over a sliding 1-hour event-time window.
 
 Two per-token series are aligned on 1-minute buckets (event time):
 

@@ -1,4 +1,4 @@
-"""Follower-weighted sentiment over sliding event-time windows (SPEC story 5, agent "Sentiment").
+"""Follower-weighted sentiment over sliding event-time windows (the sentiment agent).
 
 Updates are folded into 1-minute buckets (event time) of ``[Σw, Σw·bullish_pct, n, Σconfidence]``;
 the 5 min, 30 min and 1 h windows are the sums of the last 5, 30 and 60 buckets ending at the

@@ -22,7 +22,7 @@ class SizingRule(BaseModel):
     """How one strategy sizes: ``fraction`` of equity as target position notional (fixed), or Kelly
     with ``payoff_ratio`` b, ``kelly_multiplier`` (0.5 = half Kelly) and ``kelly_cap`` (max
     fraction of equity). Confidence above ``boost_confidence`` multiplies the fraction by
-    ``boost_multiplier`` (SPEC story 5)."""
+    ``boost_multiplier``."""
 
     method: Literal["fixed", "kelly"] = "fixed"
     fraction: float = Field(0.10, gt=0, le=10)

@@ -1,4 +1,4 @@
-"""Event schemas (SPEC §3): the envelope, every event type, and the JSON wire codec."""
+"""Event schemas: the envelope, every event type, and the JSON wire codec."""
 
 from models.events import (  # noqa: F401
     EVENT_TYPES,

@@ -1,8 +1,8 @@
-"""Event schemas of SPEC §3 and their JSON wire format.
+"""Event schemas and their JSON wire format.
 
 The wire format is one flat JSON object per Kafka message: the envelope fields
 (``event_id``, ``event_type``, ``timestamp``, ``token``, ``source``, ``correlation_id``) next to the
-payload fields of the event type, with the field names of SPEC §3. No Faust metadata is added or
+payload fields of the event type, with the field names below. No Faust metadata is added or
 expected, so any producer (another service, another language) can write these topics.
 
 ``timestamp`` is event time in milliseconds since the Unix epoch (UTC). ``ingest_ms`` (optional) is
@@ -57,7 +57,7 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Envelope(BaseModel):
-    """Fields every event carries (SPEC §3)."""
+    """Fields every event carries."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -263,7 +263,7 @@ class AgentError(Envelope):
 
 
 class SlaViolation(Envelope):
-    """An observation over its SPEC §7 limit (``value`` and ``limit`` in ms); ``breaches`` is how
+    """An observation over its SLA limit (``value`` and ``limit`` in ms); ``breaches`` is how
     many breaches since the previous event of this metric this one stands for (the worst value)."""
 
     event_type: Literal["metric.sla_violation"] = "metric.sla_violation"

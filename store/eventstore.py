@@ -1,4 +1,4 @@
-"""The immutable event store in PostgreSQL (SPEC §5), through asyncpg.
+"""The immutable event store in PostgreSQL, through asyncpg.
 
 Table ``events(event_id uuid, event_type text, timestamp timestamptz, token text, data jsonb,
 source text, created_at timestamptz)``, primary key (timestamp, event_id), indices on

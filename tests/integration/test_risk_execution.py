@@ -1,4 +1,4 @@
-"""Risk and execution black-box through the real Kafka broker: events in SPEC §3 JSON go into the
+"""Risk and execution black-box through the real Kafka broker: events in wire JSON go into the
 topics of a running worker, and what comes out of its topics is checked.
 
 (a) fills that build a 5× BTC long, then ticks that bring the price within 10 % of liquidation →

@@ -1,4 +1,4 @@
-"""Consensus black-box through the real Kafka broker: SPEC §3 ``signal.generated`` JSON goes into
+"""Consensus black-box through the real Kafka broker: ``signal.generated`` wire JSON goes into
 the run's topic, decisions are read from its ``consensus`` topic.
 
 - two agents' signals 2 s apart → one ``trade.consensus_approved`` whose score is the formula's;

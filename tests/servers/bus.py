@@ -1,4 +1,4 @@
-"""A client of the real local Kafka broker for black-box tests: produces SPEC §3 JSON to a run's
+"""A client of the real local Kafka broker for black-box tests: produces wire JSON to a run's
 topics and collects what its worker emits."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
 class Bus:
-    """Produces SPEC JSON to the run's topics and collects what the worker emits."""
+    """Produces wire JSON to the run's topics and collects what the worker emits."""
 
     def __init__(self, prefix: str, topics: tuple[str, ...]):
         self.prefix = prefix
