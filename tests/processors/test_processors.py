@@ -296,3 +296,35 @@ def test_risk_quiet_band_holds_only_quiet_prices():
             assert risk._quiet(account, exp, tick), (case, size, exp["cash"], price, band)
             checked += 1
     assert wide > 1_000 and checked > 5_000
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_correlation_processor_boosts_only_a_positive_correlation(sign):
+    """Prices that follow sentiment (r > 0.7) make an active correlation with an implied trade;
+    prices that move against it (r < -0.7) are reported as a negative correlation with no trade
+    and nothing active for the trading processor to boost with."""
+    import numpy as np
+
+    from models.events import PriceMinute, SentimentUpdate
+    from processors.correlation import CorrelationConfig, CorrelationProcessor
+
+    t0 = T0 - T0 % 60_000  # minute closes are on minute boundaries
+    rng = np.random.default_rng(3)
+    correlations: dict = {}
+    proc = CorrelationProcessor(CorrelationConfig(0.7, 20), {}, correlations)
+    price, dets = 60_000.0, []
+    dets += proc.process(PriceMinute(event_id=new_event_id(), timestamp=t0 - 60_000, token="BTC", source="t", close=price))
+    for m in range(40):
+        minute = t0 + m * 60_000
+        share = float(rng.uniform(30, 90))
+        dets += proc.process(SentimentUpdate(event_id=new_event_id(), timestamp=minute + 5_000, token="BTC", source="t",
+                                             bullish_pct=share, confidence=0.9, followers=1000))
+        price *= 1 + sign * (share - 50) * 2e-5 + float(rng.normal(0, 1e-4))
+        dets += proc.process(PriceMinute(event_id=new_event_id(), timestamp=minute, token="BTC", source="t", close=price))
+    assert dets
+    if sign > 0:
+        assert all(d.coefficient > 0.7 and d.direction == "positive" and d.action in ("BUY", "SELL") for d in dets)
+        assert correlations["BTC"]["active"]
+    else:
+        assert all(d.coefficient < -0.7 and d.direction == "negative" and d.action is None for d in dets)
+        assert not correlations["BTC"]["active"] and correlations["BTC"]["direction"] == "negative"
