@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_seconds: float = Field(3.0, gt=0)
     #: Longest time (ms) the broker holds a worker's fetch that finds no data: bounds how long a
     #: drained partition waits behind a fetch of idle ones (app.kafka.App), at the cost of about
-    #: 1000 / this many empty fetches a second when idle.
+    #: 1000 / this many empty fetches a second when idle (measured on an idle worker: 22 % of a
+    #: core at 10 ms, 10 % at 30, 6 % at 100, 2 % at Faust's 1,500).
     kafka_fetch_max_wait_ms: int = Field(10, ge=1, le=1500)
 
     # --- event time
