@@ -188,11 +188,6 @@ class Settings(BaseSettings):
     #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
     sink_nice: int = Field(10, ge=0, le=19)
 
-    # --- agent health
-    #: Messages an agent's input partition may be behind its high watermark before the worker
-    #: sends ``agent.lagging`` (checked every 5 s, at most once a minute per partition).
-    agent_lag_threshold: int = Field(10_000, ge=1)
-
     # --- web: access control, dashboard, SLA
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as
     #: ``operator``. CONTROL_TOKENS (JSON {"name": "token"}) names several holders. Without any

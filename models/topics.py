@@ -78,7 +78,6 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "state.snapshot": "state.changes",
     "state.changed": "state.changes",
     "agent.error": "system",
-    "agent.lagging": "system",
     "metric.sla_violation": "system",
     "control.action": "system",
     "backtest.report": "system",
