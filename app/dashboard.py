@@ -247,7 +247,8 @@ class Hub:
                     kind = kinds[tp]
                     if kind == "price":
                         self._apply_prices(records, last_only=live)
-                    for record in records if kind != "price" else ():
+                        continue
+                    for record in records:
                         try:
                             # the agents' own validation, event-time bounds included: what they
                             # dead-letter is not shown, and no message can stop the hub

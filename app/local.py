@@ -107,6 +107,7 @@ class Stack:
         ``conn``: aiokafka connection arguments (default: KAFKA_BROKER, plaintext)."""
         from aiokafka.admin import NewTopic
 
+        from app.kafka import wait_until_listed
         from models.topics import TOPIC_SPECS
 
         prefix = self.env["TOPIC_PREFIX"]
@@ -119,11 +120,7 @@ class Stack:
                     NewTopic(t, specs[t].partitions, 1,
                              topic_configs={"retention.ms": str(int(specs[t].retention.total_seconds() * 1000))})
                     for t in missing])
-            deadline = time.monotonic() + timeout
-            while left := set(specs) - set(await admin.list_topics()):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"topics not in the broker's metadata after {timeout} s: {sorted(left)}")
-                await asyncio.sleep(0.1)
+            await wait_until_listed(admin._client, specs, timeout)
 
         self._admin(declare, conn)
         self.topics_declared = True
