@@ -247,25 +247,8 @@ class Hub:
                     kind = kinds[tp]
                     if kind == "price":
                         self._apply_prices(records, last_only=live)
-                        continue
-                    for record in records:
-                        try:
-                            # the agents' own validation, event-time bounds included: what they
-                            # dead-letter is not shown, and no message can stop the hub
-                            decode_checked(record.value)
-                        except EventError:
-                            continue
-                        event = orjson.loads(record.value)
-                        self.apply(kind, event)
-                        if live and self.clients:
-                            message = {"type": kind, "event": event, "produced_ms": record.timestamp}
-                            if kind == "alert":
-                                message["halt"] = self.halt.get(event.get("account"))
-                            self.broadcast(orjson.dumps(message), kind)
-                            if kind == "state":
-                                delay = max(0.0, time.time() - record.timestamp / 1000.0)
-                                DASHBOARD_DELIVERY_SECONDS.observe(delay)
-                                sla.observe("state_to_dashboard", delay * 1000.0)
+                    else:
+                        self._apply_events(kind, records, live)
                     if not live and tp in pending and records and records[-1].offset + 1 >= end[tp]:
                         pending.discard(tp)
                 if not live and not pending:
@@ -277,6 +260,28 @@ class Hub:
                     self._flush_prices()
         finally:
             await consumer.stop()
+
+    def _apply_events(self, kind: str, records, live: bool) -> None:
+        """Fold one partition's fetched records of a non-price kind in and, once caught up
+        (``live``), send each to the clients."""
+        for record in records:
+            try:
+                # the agents' own validation, event-time bounds included: what they dead-letter
+                # is not shown, and no message can stop the hub
+                decode_checked(record.value)
+            except EventError:
+                continue
+            event = orjson.loads(record.value)
+            self.apply(kind, event)
+            if live and self.clients:
+                message = {"type": kind, "event": event, "produced_ms": record.timestamp}
+                if kind == "alert":
+                    message["halt"] = self.halt.get(event.get("account"))
+                self.broadcast(orjson.dumps(message), kind)
+                if kind == "state":
+                    delay = max(0.0, time.time() - record.timestamp / 1000.0)
+                    DASHBOARD_DELIVERY_SECONDS.observe(delay)
+                    sla.observe("state_to_dashboard", delay * 1000.0)
 
     async def serve(self, request: web.Request) -> web.WebSocketResponse:
         """The WebSocket endpoint: a snapshot, then every delta."""

@@ -216,16 +216,19 @@ class Worker:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        health: dict | str = "no answer"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}; log: {self.log_tail()}")
             try:
-                if self.get("/health/").get("status") == "ok":
+                health = self.get("/health/")
+                if health.get("status") == "ok":
                     return
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as exc:
+                health = repr(exc)
             time.sleep(0.5)
-        raise TimeoutError(f"worker {self.name} not ready within {timeout} s; log: {self.log_tail()}")
+        raise TimeoutError(f"worker {self.name} not ready within {timeout} s (last /health/: {health}); "
+                           f"log: {self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:
         try:
