@@ -9,8 +9,8 @@ BIN := $(VENV)/bin
 LOCAL := .local
 SPEED ?= 5
 BAR_SECONDS ?= 1
-# The bundled sample feeds one signal source (rules on ticks): let one agent's view trade.
-CONSENSUS_MIN_AGENTS ?= 1
+# Three agents vote on the bundled trades (rules, order flow, whales); a decision needs two.
+CONSENSUS_MIN_AGENTS ?= 2
 WEB_PORT ?= 6066
 SAMPLE ?= data/sample/binance_usdm_trades_20240808.csv.gz
 PYTEST_ARGS ?=

@@ -97,7 +97,7 @@ async def feed(self, file: str, speed: str, token: str | None, limit: str, max_g
                 await asyncio.sleep(wait)
         now_ms = int(time.time() * 1000)
         tick = PriceTick(event_id=row.event_id, timestamp=row.ts_ms, token=row.token, source=f"feed.file:{source}",
-                         price=row.price, size=row.size,
+                         price=row.price, size=row.size, side=row.side, trade_id=row.trade_id,
                          volume_1m=vol.add(row.token, row.ts_ms, row.quote_volume), ingest_ms=now_ms)
         await topic.send(key=row.token.encode(), value=encode_event(tick))
         if time.monotonic() - last_report > 5:

@@ -13,6 +13,7 @@ from processors.base import ExposureView
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
 from processors.correlation import CorrelationConfig, CorrelationProcessor
 from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
+from processors.flow import OrderFlowConfig, OrderFlowProcessor, WhaleConfig, WhaleProcessor
 from processors.portfolio import PortfolioConfig, PortfolioProcessor
 from processors.risk import HaltProcessor, RiskConfig, RiskProcessor, RiskState
 from processors.sentiment import SentimentConfig, SentimentProcessor
@@ -55,6 +56,8 @@ exposures = ExposureView(tables.exposures, refresh_s=0.05)
 trading = TradingProcessor(TradingConfig.from_settings(settings),
                            TradingState(tables.bar_history, tables.indicators, tables.correlations, tables.halt),
                            advisor=build_advisor())
+orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), tables.orderflow, tables.halt)
+whale = WhaleProcessor(WhaleConfig.from_settings(settings), tables.whales, tables.halt)
 risk = RiskProcessor(RiskConfig.from_settings(settings), RiskState(tables.latest_prices, exposures),
                      observe_evaluation=_observe_risk_evaluation)
 halt = HaltProcessor(tables.halt)
@@ -69,7 +72,7 @@ execution = ExecutionProcessor(ExecutionConfig.from_settings(settings),
 portfolio = PortfolioProcessor(PortfolioConfig.from_settings(settings), tables.portfolio, exposures,
                                tables.latest_prices)
 
-ALL = (trading, risk, halt, consensus, sentiment, correlation, execution, portfolio)
+ALL = (trading, orderflow, whale, risk, halt, consensus, sentiment, correlation, execution, portfolio)
 
 
 @app.on_partitions_revoked.connect

@@ -38,7 +38,7 @@ from core.settings import Settings
 from domain.signals import ParamError, resolve
 
 #: agents that vote in the consensus; those not chosen for a run are weighted 0
-VOTING_AGENTS = ("trading.rules", "trading.llm", "sentiment")
+VOTING_AGENTS = ("trading.rules", "trading.llm", "sentiment", "orderflow", "whale")
 #: settings that cannot change a backtest's result (infrastructure, credentials, web, the live path)
 NOT_RESULT = {
     "app_id", "kafka_broker", "topic_prefix", "store_url", "data_dir", "database_url", "web_host", "web_bind",
@@ -171,7 +171,8 @@ def load(data, token: str | None = None) -> Data:
             candle_ms = candle_interval_ms(rows) if candles else None
         except FeedError as exc:
             raise BacktestError(str(exc)) from None
-        events = [Tick(r.token, r.ts_ms, r.price, r.size, event_id=tick_id(str(path), i)) for i, r in enumerate(rows)]
+        events = [Tick(r.token, r.ts_ms, r.price, r.size, event_id=tick_id(str(path), i), side=r.side,
+                       trade_id=r.trade_id) for i, r in enumerate(rows)]
         if token and not candle_ms:
             events = [e for e in events if e.token == token.upper()]
         out = Data(events, str(path), _sha256(path), candle_ms)
@@ -210,8 +211,10 @@ def _as_dict(ev) -> dict:
     if isinstance(ev, Tick):
         d = {"event_id": str(ev.event_id), "event_type": "price.tick", "timestamp": ev.timestamp, "token": ev.token,
              "source": "backtest.file", "price": ev.price}
-        if ev.size is not None:
-            d["size"] = ev.size
+        for name in ("size", "side", "trade_id"):
+            value = getattr(ev, name)
+            if value is not None:
+                d[name] = value
         return d
     return ev.model_dump(mode="json", exclude_none=True)
 

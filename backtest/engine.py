@@ -46,6 +46,7 @@ from processors.base import ExposureView
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
 from processors.correlation import CorrelationConfig, CorrelationProcessor
 from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
+from processors.flow import ORDERFLOW, WHALE, OrderFlowConfig, OrderFlowProcessor, WhaleConfig, WhaleProcessor
 from processors.portfolio import PortfolioConfig, PortfolioProcessor
 from processors.risk import HaltProcessor, RiskConfig, RiskProcessor, RiskState
 from processors.sentiment import SentimentConfig, SentimentProcessor
@@ -54,7 +55,7 @@ from processors.trading import TradingConfig, TradingProcessor, TradingState
 #: event types an engine takes as input
 INPUT_TYPES = ("price.tick", "sentiment.update", "liquidation.event")
 STORES = ("bar_history", "indicators", "consensus_windows", "portfolio", "execution_state", "sentiment_windows",
-          "correlation_windows", "correlations", "latest_prices", "exposures", "halt")
+          "correlation_windows", "correlations", "latest_prices", "exposures", "halt", "orderflow", "whales")
 
 
 class Tick:
@@ -63,13 +64,16 @@ class Tick:
 
     ``event_id`` is uuid5(``id_key``) (see :func:`tick_id`) unless given."""
 
-    __slots__ = ("token", "timestamp", "price", "size", "volume_1m", "ingest_ms", "correlation_id", "_id", "_key")
+    __slots__ = ("token", "timestamp", "price", "size", "volume_1m", "side", "trade_id", "ingest_ms", "correlation_id",
+                 "_id", "_key")
     event_type = "price.tick"
     source = "backtest"
 
     def __init__(self, token: str, timestamp: int, price: float, size: float | None = None, volume_1m: float = 0.0,
-                 event_id: uuid.UUID | None = None, id_key: str | None = None):
+                 event_id: uuid.UUID | None = None, id_key: str | None = None, side: str | None = None,
+                 trade_id: str | None = None):
         self.token, self.timestamp, self.price, self.size, self.volume_1m = token, timestamp, price, size, volume_1m
+        self.side, self.trade_id = side, trade_id
         self.ingest_ms = None
         self.correlation_id = None
         self._id, self._key = event_id, id_key
@@ -93,7 +97,7 @@ def as_input(ev) -> Envelope | Tick:
         return ev
     if ev.get("event_type") == "price.tick":
         return Tick(ev["token"], int(ev["timestamp"]), float(ev["price"]), ev.get("size"), ev.get("volume_1m") or 0.0,
-                    uuid.UUID(str(ev["event_id"])))
+                    uuid.UUID(str(ev["event_id"])), side=ev.get("side"), trade_id=ev.get("trade_id"))
     return decode_event(ev if isinstance(ev, (bytes, str)) else orjson.dumps(ev),
                         (PriceTick, SentimentUpdate, LiquidationEvent))
 
@@ -150,6 +154,12 @@ class InProcessEngine:
                                                            st["latest_prices"]), self.exchange)
         self.portfolio = PortfolioProcessor(PortfolioConfig.from_settings(s), st["portfolio"], exposures,
                                             st["latest_prices"])
+        # The order-flow and whale agents run only when they vote (a weight above 0): a backtest of
+        # other agents computes nothing for them.
+        self.flow_processors = [
+            p for p in (OrderFlowProcessor(OrderFlowConfig.from_settings(s), st["orderflow"], st["halt"]),
+                        WhaleProcessor(WhaleConfig.from_settings(s), st["whales"], st["halt"]))
+            if s.agent_weights.get(p.name, 1.0) > 0]
         signal_partitions = TOPIC_SPECS["signal.generated"].partitions
         self._signal_partition: dict[str, int] = {}
 
@@ -174,7 +184,7 @@ class InProcessEngine:
         on_tick = self.trading.on_tick
         #: topic -> handlers, in the worker's order; each returns events (or an awaitable of them)
         self.routes = {
-            "price.ticks": (lambda ev: on_tick(ev)[0], self.risk.on_tick),
+            "price.ticks": (lambda ev: on_tick(ev)[0], self.risk.on_tick, *(p.on_tick for p in self.flow_processors)),
             "liquidation.events": (self.risk.on_liquidation,),
             "sentiment.updates": (self.sentiment.process, self.correlation.process),
             "price.minutes": (self.correlation.process,),
@@ -221,8 +231,9 @@ class InProcessEngine:
             ts, px, sz = [e.timestamp for e in ticks], [e.price for e in ticks], [e.size for e in ticks]
             self.trading.use_series({tok: ([ts[k] for k in ks], [px[k] for k in ks], [sz[k] for k in ks])
                                      for tok, ks in by_token.items()})
-            if (ticks_only and ticks and not cfg.keep_view and not cfg.minute_closes
-                    and self.trading.advisor is None and min(px) > 0):  # (the processors mark a 0 at entry)
+            # (the processors mark a 0 at entry; the flow agents vote on every bar, nothing is quiet)
+            if (ticks_only and ticks and not cfg.keep_view and not cfg.minute_closes and not self.flow_processors
+                    and self.trading.advisor is None and min(px) > 0):
                 skipper = _RunSkipper(ticks, ts, px, by_token, self.trading, self.risk)
         routes, topic_of = self.routes, TOPIC_OF_EVENT
         fills: list[TradeExecuted] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlparse
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,19 +74,35 @@ class Settings(BaseSettings):
     trading_rules: str = "default"
     #: The rule set's parameters (JSON, e.g. {"fast": 10, "slow": 30}); defaults for those not given.
     trading_params: dict[str, Any] = Field(default_factory=dict)
-    #: Minimum rule score (0-100) for the trading agent to emit a BUY/SELL signal.
+    #: Minimum score (0-100) for the trading, order-flow and whale agents to emit a BUY/SELL signal.
     signal_min_score: float = Field(40.0, ge=0, le=100)
+
+    # --- order-flow and whale agents (trades with a known aggressor side)
+    #: Closed bars (BAR_SECONDS each) whose aggressor flow the order-flow agent votes on.
+    orderflow_window_bars: int = Field(5, ge=1, le=1000)
+    #: Buy/sell imbalance (B - S) / (B + S) that scores 100; smaller ones score proportionally.
+    orderflow_full_imbalance: float = Field(0.5, gt=0, le=1)
+    #: Trade notional (USD) from which a trade is a whale's, per token, with a ``default``
+    #: (JSON, e.g. {"default": 100000, "BTC": 250000}).
+    whale_notional_usd: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"default": 100_000.0})
+    #: Event-time window (seconds) of the net whale flow the whale agent votes on.
+    whale_window_seconds: float = Field(300.0, gt=0)
 
     # --- consensus
     consensus_window_ms: int = Field(5000, gt=0)
     consensus_threshold: float = Field(70.0, ge=0, le=100)
     consensus_min_agents: int = Field(2, ge=1)
+    #: The decision's confidence (the confidence-weighted mean of its signals' confidences) must
+    #: reach this too (0-1).
+    consensus_min_confidence: float = Field(0.5, ge=0, le=1)
     #: Signals of other tokens on the same partition may arrive this late (event time) before a
     #: window is closed by the partition's stream time.
     consensus_grace_ms: int = Field(1000, ge=0)
     #: Agent weights for the confidence-weighted score; agents not listed weigh 1.
     agent_weights: dict[str, float] = Field(
-        default_factory=lambda: {"trading.rules": 1.0, "trading.llm": 1.0, "sentiment": 0.8})
+        default_factory=lambda: {"trading.rules": 1.0, "trading.llm": 1.0, "sentiment": 0.8, "orderflow": 1.0,
+                                 "whale": 1.0})
 
     # --- LLM advice (off without ANTHROPIC_API_KEY)
     anthropic_api_key: SecretStr | None = None

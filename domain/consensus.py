@@ -2,8 +2,12 @@
 
 score = Σ(w_agent × confidence × signed score) / Σ(w_agent × confidence), where the signed score
 is +score for BUY, -score for SELL and 0 for HOLD; the result lies in -100..100 and its sign gives
-the recommended action. A window approves when |score| exceeds the threshold with at least
-``min_agents`` distinct agents.
+the recommended action. The decision's confidence is the confidence-weighted mean of the signals'
+confidences, Σ(w × confidence²) / Σ(w × confidence): the weights the score gives each signal, so a
+confident signal counts for more both in the score and in how sure the decision is. A window
+approves when |score| exceeds the threshold with at least ``min_agents`` distinct agents and a
+confidence of at least ``min_confidence``: a lone signal scores ±100 whatever its confidence (the
+confidence cancels out of the score), so the confidence bound is what keeps a weak one out.
 
 Windows have interval-join semantics (like Kafka Streams' ``JoinWindows``): a window opens at its
 first signal and takes every signal whose time lies within ``window_ms`` of all its others, so two
@@ -41,8 +45,12 @@ def score(signals: Iterable[Mapping], weights: Mapping[str, float], default_weig
     return round(num / den, 4), eff
 
 
-def decide(score_value: float, agents: int, threshold: float, min_agents: int) -> bool:
-    return abs(score_value) > threshold and agents >= min_agents
+def decide(score_value: float, agents: int, threshold: float, min_agents: int,
+           confidence_value: float | None = None, min_confidence: float = 0.0) -> bool:
+    """|score| above ``threshold``, at least ``min_agents`` agents and a confidence (0-1) of at
+    least ``min_confidence``."""
+    return (abs(score_value) > threshold and agents >= min_agents
+            and (confidence_value or 0.0) >= min_confidence)
 
 
 def action_of(score_value: float) -> str:
@@ -50,12 +58,17 @@ def action_of(score_value: float) -> str:
 
 
 def confidence(signals: Iterable[Mapping], weights: Mapping[str, float], default_weight: float = 1.0) -> float | None:
-    """Agent-weight-averaged confidence (0-1) of the signals; ``None`` without signals."""
+    """Confidence-weighted mean confidence (0-1) of the signals, Σ(w × c²) / Σ(w × c) with ``w``
+    the agent's weight; agents weighted 0 are left out. ``None`` without a signal of positive
+    weight and confidence."""
     num = den = 0.0
     for s in signals:
         w = weights.get(s["agent"], default_weight)
-        num += w * s["confidence"]
-        den += w
+        if w <= 0:
+            continue
+        c = s["confidence"]
+        num += w * c * c
+        den += w * c
     return round(num / den, 6) if den > 0 else None
 
 
@@ -89,8 +102,9 @@ def due(state: dict, stream_time: int, window_ms: int, grace_ms: int) -> bool:
 
 
 def add(state: dict, sig_id: str, sig: dict, window_ms: int, weights: Mapping[str, float],
-        threshold: float, min_agents: int) -> tuple[list[tuple[str, dict]], bool]:
-    """Add one signal (dict with ``ts``, ``agent``, ``action``, ``score``, ``confidence``).
+        threshold: float, min_agents: int, min_confidence: float = 0.0) -> tuple[list[tuple[str, dict]], bool]:
+    """Add one signal (dict with ``ts``, ``agent``, ``action``, ``score``, ``confidence``);
+    ``min_confidence`` is the decision confidence (:func:`confidence`) a window needs to approve.
 
     Returns ``(decisions, accepted)``: decisions are ``("failed", window)`` for a window this
     signal closed and ``("approved", window)`` when this signal makes its window pass;
@@ -119,7 +133,7 @@ def add(state: dict, sig_id: str, sig: dict, window_ms: int, weights: Mapping[st
         w["first"], w["last"] = min(w["first"], ts), max(w["last"], ts)
     if not w["decided"]:
         value, eff = score(w["signals"].values(), weights)
-        if decide(value, len(eff), threshold, min_agents):
+        if decide(value, len(eff), threshold, min_agents, confidence(w["signals"].values(), weights), min_confidence):
             w["decided"] = True
             out.append(("approved", w))
     return out, True

@@ -55,6 +55,18 @@ def _num(d: Mapping, key: str) -> float:
     return v
 
 
+def _coinbase_aggressor(kind: str, side) -> str | None:
+    """The aggressor side of a Coinbase trade message: a ``match`` names the maker order's side
+    (the taker took the other), a ``ticker`` the taker's own (checked on the recorded feed: every
+    ticker's side is the opposite of its match's). ``None`` when absent or unknown."""
+    s = str(side or "").lower()
+    if s not in ("buy", "sell"):
+        return None
+    if kind == "ticker":
+        return s.upper()
+    return "SELL" if s == "buy" else "BUY"
+
+
 def _int(d: Mapping, key: str) -> int:
     try:
         return int(d[key])
@@ -140,8 +152,10 @@ class Binance(_Base):
             if trade_id <= self.last_id.get(symbol, -1):
                 return []  # resent after a reconnect
             self.last_id[symbol] = trade_id
+            maker = data.get("m")  # the buyer was the maker: the seller was the aggressor
             return [PriceTick(event_id=derived_id("binance", kind, symbol, trade_id), timestamp=ts,
                               token=self.token(symbol), source="binance", price=price, size=qty,
+                              side=None if maker is None else "SELL" if maker else "BUY", trade_id=str(trade_id),
                               ingest_ms=received_ms)]
         if kind == "forceOrder":
             o = data.get("o")
@@ -223,7 +237,8 @@ class Coinbase(_Base):
                 return []  # this trade was published from the other channel or before a reconnect
             self.last_trade[product] = trade_id
             tick = PriceTick(event_id=derived_id("coinbase", product, trade_id), timestamp=ts, token=self.token(product),
-                             source="coinbase", price=price, size=size, ingest_ms=received_ms)
+                             source="coinbase", price=price, size=size, side=_coinbase_aggressor(kind, msg.get("side")),
+                             trade_id=str(trade_id), ingest_ms=received_ms)
             if last is not None and trade_id > last + 1:
                 if product in self.baseline:
                     self.baseline.discard(product)
@@ -291,9 +306,11 @@ class Hyperliquid(_Base):
                 if not coin:
                     raise ParseError("missing field 'coin'")
                 if self.seen.add((coin, tid)):
+                    side = t.get("side")  # the aggressor's: B(id) bought, A(sk) sold
                     out.append(PriceTick(event_id=derived_id("hyperliquid", coin, tid), timestamp=ts,
                                          token=self.token(coin), source="hyperliquid", price=price, size=size,
-                                         ingest_ms=received_ms))
+                                         side="BUY" if side == "B" else "SELL" if side == "A" else None,
+                                         trade_id=str(tid), ingest_ms=received_ms))
             return out
         if channel == "allMids":
             mids = (data or {}).get("mids") if isinstance(data, dict) else None

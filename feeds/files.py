@@ -4,7 +4,9 @@ Formats, recognised by their CSV header (``.csv`` or gzip-compressed ``.csv.gz``
 
 - **Binance trades** (``shared/data/binance/trades.csv.gz`` layout): ``symbol, trade_time_ms,
   price, qty, ...``: one tick per trade, at the trade time. For coin-margined perpetuals
-  (``market`` = ``cm``) ``qty`` is in contracts, so no base size is given.
+  (``market`` = ``cm``) ``qty`` is in contracts, so no base size is given. ``is_buyer_maker``, when
+  present, gives the aggressor side (a maker buyer means the seller took: ``SELL``), and
+  ``trade_id`` the trade's id.
 - **OHLCV candles** (``timestamp, open, high, low, close, volume``; timestamp ISO-8601 UTC or ms):
   one tick per candle at its close time, with the candle's volume as quote volume. The token comes
   from ``--token`` (a candle file names no symbol).
@@ -54,6 +56,8 @@ class TickRow:
     size: float | None  # base units, when known
     quote_volume: float  # USD notional of this tick
     key: tuple = ()  # the row's identity in its source (see the module docstring)
+    side: str | None = None  # the aggressor's side, BUY or SELL, when the file says
+    trade_id: str | None = None  # the venue's trade id, when the file has one
 
     @property
     def event_id(self) -> UUID:
@@ -115,11 +119,13 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
                     coin_qty = row.get("market") != "cm"
                     symbol = row["symbol"].strip().upper()
                     key = ()
-                    if (row.get("trade_id") or "").strip():
+                    trade_id = (row.get("trade_id") or "").strip() or None
+                    if trade_id:
                         stream_kind = (row.get("stream") or "").partition("@")[2] or "trade"
-                        key = ("binance", stream_kind, symbol, int(row["trade_id"]))
+                        key = ("binance", stream_kind, symbol, int(trade_id))
                     rows.append(TickRow(int(row["trade_time_ms"]), token or normalise_token(symbol), price,
-                                        qty if coin_qty else None, price * qty if coin_qty else qty * 100.0, key))
+                                        qty if coin_qty else None, price * qty if coin_qty else qty * 100.0, key,
+                                        _maker_flag_side(row.get("is_buyer_maker")), trade_id))
                 else:
                     rows.append(TickRow(parse_time_ms(row["timestamp"]), token, float(row["close"]), None,
                                         float(row["volume"])))
@@ -135,9 +141,22 @@ def read_ticks(path: str | Path, token: str | None = None, limit: int | None = N
         if not r.key:  # in file order, so the n-th identical row keeps its number on every read
             content = ("row", r.token, r.ts_ms, repr(r.price), repr(r.size), repr(r.quote_volume))
             n = seen[content] = seen.get(content, -1) + 1
-            rows[i] = TickRow(r.ts_ms, r.token, r.price, r.size, r.quote_volume, (*content, n))
+            rows[i] = TickRow(r.ts_ms, r.token, r.price, r.size, r.quote_volume, (*content, n), r.side, r.trade_id)
     rows.sort(key=lambda r: r.ts_ms)
     return rows[:limit] if limit else rows
+
+
+def _maker_flag_side(flag: str | None) -> str | None:
+    """The aggressor side from Binance's ``is_buyer_maker`` (``True``/``False``, any case; empty:
+    unknown). Raises ``ValueError`` for anything else."""
+    f = (flag or "").strip().lower()
+    if not f:
+        return None
+    if f in ("true", "1"):
+        return "SELL"
+    if f in ("false", "0"):
+        return "BUY"
+    raise ValueError(f"is_buyer_maker {flag!r} is neither true nor false")
 
 
 def candle_interval_ms(rows: list[TickRow]) -> int:

@@ -81,12 +81,15 @@ class AccountEvent(Envelope):
 # ---------------------------------------------------------------- market data
 class PriceTick(TokenEvent):
     """One trade or quote. ``price`` in quote currency (USD); ``volume_1m`` quote volume (USD) of the
-    last 60 s of event time; ``size`` base-currency size of this trade when it is one."""
+    last 60 s of event time; ``size`` base-currency size of this trade when it is one; ``side`` the
+    aggressor's (taker's) side of a trade, when the venue says; ``trade_id`` the venue's id of it."""
 
     event_type: Literal["price.tick"] = "price.tick"
     price: PositiveFloat
     volume_1m: NonNegFloat = 0.0
     size: NonNegFloat | None = None
+    side: Side | None = None
+    trade_id: Annotated[str, Field(max_length=128)] | None = None
     bid: PositiveFloat | None = None
     ask: PositiveFloat | None = None
 
@@ -117,10 +120,17 @@ class SentimentUpdate(TokenEvent):
 
 
 class WhaleActivity(TokenEvent):
+    """A trade of at least the token's whale notional: ``size`` (base units), ``side`` (the
+    aggressor's), ``price`` and ``notional`` (USD), the venue's ``trade_id`` and the trader's
+    ``address`` where the venue publishes them (public trade feeds mostly do not)."""
+
     event_type: Literal["whale.activity"] = "whale.activity"
     size: PositiveFloat
     side: Side
-    address: str
+    address: Annotated[str, Field(max_length=128)] | None = None
+    price: PositiveFloat | None = None
+    notional: NonNegFloat | None = None
+    trade_id: Annotated[str, Field(max_length=128)] | None = None
 
 
 # ---------------------------------------------------------------- signals and consensus
@@ -157,7 +167,8 @@ class ConsensusDecision(TokenEvent):
     window_end: int
     price: PositiveFloat | None = None
     reason: str | None = None
-    #: Weight-averaged confidence (0-1) of the contributing signals; above 0.8 sizes the trade up.
+    #: Confidence (0-1): the confidence-weighted mean of the signals' confidences (domain.consensus);
+    #: above 0.8 sizes the trade up.
     confidence: Annotated[float, Field(ge=0, le=1)] | None = None
     #: Sizing strategy name (settings SIZING); ``default`` when absent.
     strategy: str | None = None

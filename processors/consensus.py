@@ -29,19 +29,21 @@ from processors.base import Store, key_str
 
 @dataclass(frozen=True, slots=True)
 class ConsensusConfig:
-    """``window_ms`` (ms), ``threshold`` (|score|, 0-100), ``min_agents``, ``grace_ms`` (ms) and
-    the agents' ``weights`` (agents not listed weigh 1; 0 switches an agent off)."""
+    """``window_ms`` (ms), ``threshold`` (|score|, 0-100), ``min_agents``, ``grace_ms`` (ms), the
+    agents' ``weights`` (agents not listed weigh 1; 0 switches an agent off: its signals are
+    ignored) and ``min_confidence`` (0-1) of a decision."""
 
     window_ms: int = 5000
     threshold: float = 70.0
     min_agents: int = 2
     grace_ms: int = 1000
     weights: Mapping[str, float] = field(default_factory=dict)
+    min_confidence: float = 0.0
 
     @classmethod
     def from_settings(cls, s) -> "ConsensusConfig":
         return cls(s.consensus_window_ms, s.consensus_threshold, s.consensus_min_agents, s.consensus_grace_ms,
-                   dict(s.agent_weights))
+                   dict(s.agent_weights), s.consensus_min_confidence)
 
 
 class ConsensusState:
@@ -90,6 +92,7 @@ class ConsensusProcessor:
         cfg = self.config
         sigs = list(w["signals"].values())
         score, weights = cs.score(sigs, cfg.weights)
+        confidence = cs.confidence(sigs, cfg.weights)
         last = max(sigs, key=lambda s: s["ts"])
         return ConsensusDecision(
             event_id=derived_id("consensus", token, w["anchor"]), timestamp=ts, token=token, source="consensus",
@@ -98,13 +101,26 @@ class ConsensusProcessor:
             consensus_score=score, contributing_agents=sorted({s["agent"] for s in sigs}),
             recommended_action=cs.action_of(score), signal_ids=list(w["signals"]), weights=weights,
             window_start=w["first"], window_end=w["first"] + cfg.window_ms, price=last.get("price"),
-            confidence=cs.confidence(sigs, cfg.weights),
-            reason=None if approved else f"|score| {abs(score):.1f} <= {cfg.threshold} "
-                                         f"or agents {len(weights)} < {cfg.min_agents}")
+            confidence=confidence,
+            reason=None if approved else self._failure(score, len(weights), confidence))
+
+    def _failure(self, score: float, agents: int, confidence: float | None) -> str:
+        """Why a window failed: each bound it missed, e.g. ``agents 1 < 2``."""
+        cfg = self.config
+        missed = []
+        if abs(score) <= cfg.threshold:
+            missed.append(f"|score| {abs(score):.1f} <= {cfg.threshold}")
+        if agents < cfg.min_agents:
+            missed.append(f"agents {agents} < {cfg.min_agents}")
+        if (confidence or 0.0) < cfg.min_confidence:
+            missed.append(f"confidence {confidence or 0:.2f} < {cfg.min_confidence}")
+        return "; ".join(missed)
 
     def process(self, sig, partition=0) -> list:
         if sig.event_type != "signal.generated":
             return []  # signal.error: nothing to join
+        if self.config.weights.get(sig.agent, 1.0) <= 0:
+            return []  # a switched-off agent: its signal neither votes nor opens a window
         return self.on_signal(sig, partition)
 
     def on_signal(self, sig: SignalGenerated, partition=0) -> list[ConsensusDecision]:
@@ -132,7 +148,8 @@ class ConsensusProcessor:
         entry = {"agent": sig.agent, "action": sig.action, "score": sig.score, "confidence": sig.confidence,
                  "price": sig.price, "ts": sig.timestamp,
                  "correlation_id": str(sig.correlation_id) if sig.correlation_id else None, "ingest_ms": sig.ingest_ms}
-        decisions, accepted = cs.add(state, str(sig.event_id), entry, wms, cfg.weights, cfg.threshold, cfg.min_agents)
+        decisions, accepted = cs.add(state, str(sig.event_id), entry, wms, cfg.weights, cfg.threshold, cfg.min_agents,
+                                     cfg.min_confidence)
         if not accepted:
             self.late += 1
         for kind, w in decisions:

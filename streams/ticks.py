@@ -1,12 +1,15 @@
 """The tick stream: one Faust agent on ``price.ticks`` that decodes and validates each tick once
 and hands it to every per-tick processor in turn, :class:`processors.trading.TradingProcessor`
-(bars, indicators, rules) and :class:`processors.risk.RiskProcessor` (marking, leverage,
-liquidation buffer, price moves), then sends what both answered.
+(bars, indicators, rules), :class:`processors.risk.RiskProcessor` (marking, leverage,
+liquidation buffer, price moves) and the order-flow and whale agents
+(:mod:`processors.flow`), then sends what they answered: risk's first, then the signals in the
+order the backtest engine queues them (rules, order flow, whale), so both runtimes give the
+consensus the same signals in the same order.
 
 One agent rather than one per processor because Faust delivers a topic's every message to each
 agent reading it: each extra reader costs a dispatch and a decode per tick, which was most of the
 live path's per-tick cost. Each processor's own time per tick is in
-``moondev_processing_seconds{agent="trading"|"risk"}``, the whole step's (decode and sends
+``moondev_processing_seconds{agent="trading"|"risk"|"flow"}``, the whole step's (decode and sends
 included) in ``{agent="ticks"}``.
 
 A tick is acked only once the bar holding it has closed and been stored, so the committed offset
@@ -25,8 +28,10 @@ from __future__ import annotations
 import time
 
 from app.main import TOPICS, app, dead_letter, decode_checked, emit, survive
+from app.runtime import orderflow as orderflow_processor
 from app.runtime import risk as risk_processor
 from app.runtime import trading as trading_processor
+from app.runtime import whale as whale_processor
 from app.sla import sla
 from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, TICKS_CONSUMED
 from domain import indicators as ind
@@ -38,8 +43,8 @@ from streams.execution import force_close_now
 @app.agent(TOPICS["price.ticks"], name="ticks")
 async def ticks(stream):
     ind.compute([1.0] * 60)  # JIT-compiles pandas-ta's numba kernels now, not in a view or a test
-    trading, risk = trading_processor, risk_processor
-    step_s, trading_s, risk_s = (PROCESSING_SECONDS.labels(a) for a in ("ticks", "trading", "risk"))
+    trading, risk, orderflow, whale = trading_processor, risk_processor, orderflow_processor, whale_processor
+    step_s, trading_s, risk_s, flow_s = (PROCESSING_SECONDS.labels(a) for a in ("ticks", "trading", "risk", "flow"))
     trading_late, risk_late = LATE_EVENTS.labels("trading"), LATE_EVENTS.labels("risk")
     risk_in = AGENT_EVENTS.labels("risk", "in")
     held: dict[str, list] = {}  # token -> unacked events of its open bar
@@ -71,8 +76,11 @@ async def ticks(stream):
             if risk.late != late:
                 risk_late.inc(risk.late - late)
             t3 = time.perf_counter()
+            outs += orderflow.on_tick(tick)
+            outs += whale.on_tick(tick)
             trading_s.observe(t2 - t1)
             risk_s.observe(t3 - t2)
+            flow_s.observe(time.perf_counter() - t3)
 
             # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
             # this worker owns the account (the engine runs on it here, streams.execution).

@@ -9,6 +9,8 @@ rather than ``bytes`` so that keys recovered from a changelog equal the keys age
 |---|---|---|---|---|
 | bar_history | token | 10 | trading | {"last_start": ms, "ind": running indicator state (domain.indicators)} |
 | indicators | token | 10 | trading | last bar's indicator values and signal |
+| orderflow | token | 10 | orderflow | last closed bar, aggressor flow of the window's bars, cumulative volume delta |
+| whales | token | 10 | whale | last closed bar, whale trades of the window |
 | consensus_windows | token | 5 | consensus | the open 5 s window and the closed-until watermark |
 | sentiment_windows | token | 3 | sentiment | 1-minute buckets of the last hour (domain.sentiment) |
 | correlation_windows | token | 3 | correlation | aligned points and running sums (domain.correlation) |
@@ -34,6 +36,8 @@ _global = dict(key_type=str, recovery_buffer_size=1)
 
 bar_history = app.Table("bar_history", partitions=10, help="last closed bar and running indicator state per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)
+orderflow = app.Table("orderflow", partitions=10, help="aggressor flow of the last bars per token", **_json)
+whales = app.Table("whales", partitions=10, help="whale trades of the last window per token", **_json)
 consensus_windows = app.Table("consensus_windows", partitions=5, help="open consensus windows per token", **_json)
 portfolio = app.Table("portfolio", partitions=5, help="portfolio per account", **_json)
 execution_state = app.Table("execution_state", partitions=5, help="execution engine state per account", **_json)

@@ -35,6 +35,8 @@ def test_binance_every_trade_frame_is_one_tick(name, symbol):
             (tick,) = events
             assert (tick.price, tick.size, tick.timestamp) == (float(data["p"]), float(data["q"]), data["T"])
             assert tick.token == symbol[:3] and tick.event_type == "price.tick"
+            # the buyer was the maker: a seller took the trade
+            assert (tick.side, tick.trade_id) == ("SELL" if data["m"] else "BUY", str(data["t"]))
         else:
             assert events == []
     assert trades == sum('"e":"trade"' in f for f in frames) > 1000
@@ -76,6 +78,9 @@ def test_coinbase_every_trade_is_one_tick_across_matches_and_tickers():
     for t in ticks:
         src = by_id[t.event_id]
         assert t.price == float(src["price"]) and t.size == float(src.get("size") or src["last_size"])
+        # a match names the maker's side, a ticker the taker's: the aggressor either way
+        taker = src["side"] if src["type"] == "ticker" else {"buy": "sell", "sell": "buy"}[src["side"]]
+        assert (t.side, t.trade_id) == (taker.upper(), str(src["trade_id"]))
         assert t.timestamp == int(datetime.fromisoformat(src["time"].replace("Z", "+00:00")).timestamp() * 1000)
     assert Counter(t.token for t in ticks)["BAND-GBP"] == len({tid for p, tid in trades if p == "BAND-GBP"})
 
@@ -106,6 +111,7 @@ def test_hyperliquid_trades_mids_and_liquidation_fills():
                 n_trades += len(msg["data"])
                 for t, e in zip(msg["data"], events):
                     assert (e.price, e.size, e.timestamp, e.token) == (float(t["px"]), float(t["sz"]), t["time"], "BTC")
+                    assert e.side == {"B": "BUY", "A": "SELL"}[t["side"]]
                 ticks += events
     assert len(ticks) == n_trades > 0
     for msg in json.loads((DATA / "hyperliquid" / "ws_messages_tardis.json").read_text()):

@@ -47,9 +47,10 @@ def candles(candles_path, tmp_path_factory):
     return path
 
 
-def run(path, engine: str, rules="sma_cross", params=None, bar_seconds=60.0, token="BTC", speed=None, **extra):
+def run(path, engine: str, rules="sma_cross", params=None, bar_seconds=60.0, token="BTC", speed=None,
+        agents=("trading.rules",), **extra):
     data = api.load(path, token)
-    s = api.backtest_settings(agents=["trading.rules"], balance=100_000, bar_seconds=bar_seconds, rules=rules,
+    s = api.backtest_settings(agents=agents, balance=100_000, bar_seconds=bar_seconds, rules=rules,
                               params=params or {}, **{**SETTINGS, **extra})
     return asyncio.run(api.arun(data, s, engine=engine, speed=speed))
 
@@ -107,15 +108,18 @@ def test_paced_kafka_replay_gives_the_same_fills(inprocess_run, candles, databas
     assert paced.performance == inprocess_run.performance
 
 
-@pytest.mark.parametrize("token", ["BTC", "ETH"])
-def test_engines_agree_on_the_real_tick_sample(sample_path, database_url, token):
-    """Default rules on 1-second bars of real Binance trades of one token: in process, through
-    Kafka at full speed and paced at 20x real time, the same fills.
+@pytest.mark.parametrize("token, agents", [("BTC", ("trading.rules",)), ("ETH", ("trading.rules",)),
+                                           ("BTC", ("trading.rules", "orderflow", "whale"))],
+                         ids=["BTC-rules", "ETH-rules", "BTC-rules+orderflow+whale"])
+def test_engines_agree_on_the_real_tick_sample(sample_path, database_url, token, agents):
+    """Default rules on 1-second bars of real Binance trades of one token, alone or beside the
+    order-flow and whale agents (two of three to agree): in process, through Kafka at full speed
+    and paced at 20x real time, the same fills.
 
     One token at a time: approvals of two tokens at the same event time come from different
     consensus partitions and reach the execution engine in an order Kafka does not fix, and each
     is sized on an equity that includes the other's fee (a fraction of a basis point of size)."""
-    kw = dict(rules="default", bar_seconds=1.0, token=token, consensus_threshold=70)
+    kw = dict(rules="default", bar_seconds=1.0, token=token, consensus_threshold=70, agents=agents)
     ours = run(sample_path, "inprocess", **kw)
     assert len(ours.fills) >= 5 and {f["token"] for f in ours.fills} == {token}
     assert run(sample_path, "kafka", **kw).fills == ours.fills

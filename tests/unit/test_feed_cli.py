@@ -121,3 +121,26 @@ def test_fed_candles_have_ids_from_token_and_close_time(candles_path):
 
     candles = read_ticks(candles_path, token="BTC", limit=5)
     assert [r.event_id for r in candles] == [derived_id("candle", "BTC", r.ts_ms) for r in candles]
+
+
+def test_trade_files_give_the_aggressor_side_and_trade_id(tmp_path):
+    """``is_buyer_maker`` true means a seller hit a resting buy: aggressor SELL. The bundled sample
+    has both sides; a file without the column gives no side; a value that is neither is a
+    ``FeedError`` naming its line."""
+    import csv
+    import gzip
+
+    sample = ROOT / "data/sample/binance_usdm_trades_20240808.csv.gz"
+    with gzip.open(sample, "rt") as fh:
+        first = next(csv.DictReader(fh))
+    rows = read_ticks(sample)
+    by_trade = {r.trade_id: r for r in rows}
+    assert by_trade[first["trade_id"]].side == ("SELL" if first["is_buyer_maker"] == "True" else "BUY")
+    assert {r.side for r in rows} == {"BUY", "SELL"}
+    plain = tmp_path / "plain.csv"
+    plain.write_text("symbol,trade_time_ms,price,qty\nBTCUSDT,1000,10,1\n")
+    assert read_ticks(plain)[0].side is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("symbol,trade_time_ms,price,qty,is_buyer_maker\nBTCUSDT,1000,10,1,maybe\n")
+    with pytest.raises(FeedError, match="line 2.*is_buyer_maker"):
+        read_ticks(bad)
