@@ -112,14 +112,20 @@ class Stack:
 
         prefix = self.env["TOPIC_PREFIX"]
         specs = {prefix + name: spec for name, spec in TOPIC_SPECS.items()}
+        # what the worker's settings give its topics (core.settings: TOPIC_*)
+        replicas = int(self.env.get("TOPIC_REPLICATION_FACTOR") or 1)
+        min_insync = self.env.get("TOPIC_MIN_INSYNC_REPLICAS") or "1"
+        hours = json.loads(self.env.get("TOPIC_RETENTION_HOURS") or "{}")
+
+        def configs(spec) -> dict[str, str]:
+            retention = hours.get(spec.name, spec.retention.total_seconds() / 3600)
+            return {"retention.ms": str(int(retention * 3_600_000)), "min.insync.replicas": min_insync}
 
         async def declare(admin) -> None:
             missing = sorted(set(specs) - set(await admin.list_topics()))
             if missing:
-                await admin.create_topics([
-                    NewTopic(t, specs[t].partitions, 1,
-                             topic_configs={"retention.ms": str(int(specs[t].retention.total_seconds() * 1000))})
-                    for t in missing])
+                await admin.create_topics([NewTopic(t, specs[t].partitions, replicas, topic_configs=configs(specs[t]))
+                                           for t in missing])
             await wait_until_listed(admin._client, specs, timeout)
 
         self._admin(declare, conn)

@@ -82,7 +82,8 @@ app = App(
     web_host=settings.web_host,
     key_serializer="raw",
     value_serializer="raw",
-    topic_replication_factor=1,
+    # changelogs and Faust's own topics; the catalogue's below carry the same
+    topic_replication_factor=settings.topic_replication_factor,
     topic_partitions=5,
     consumer_auto_offset_reset="earliest",
     # Faust's own /table/ views serve raw table contents with no authentication; the app's views
@@ -120,9 +121,11 @@ app = App(
 app.monitor = LeanPrometheusMonitor(REGISTRY, "faust")
 
 #: Catalogue topic name -> faust.Topic (names carry TOPIC_PREFIX). ``internal=True`` makes Faust
-#: create them with these partitions and retention instead of the broker's defaults.
+#: create them with these partitions, retention (TOPIC_RETENTION_HOURS over the catalogue's),
+#: replicas and min.insync.replicas instead of the broker's defaults.
 TOPICS: dict[str, faust.TopicT] = {
-    name: app.topic(settings.topic(name), partitions=spec.partitions, retention=spec.retention,
+    name: app.topic(settings.topic(name), partitions=spec.partitions, retention=settings.topic_retention(name),
+                    replicas=settings.topic_replication_factor, config=settings.topic_configs(),
                     internal=True, key_type=bytes, value_type=bytes)
     for name, spec in TOPIC_SPECS.items()
 }

@@ -30,7 +30,7 @@ TOPIC_OF_INPUT = {"price.tick": "price.ticks", "sentiment.update": "sentiment.up
 
 async def _produce(conn: dict, prefix: str, events: list[dict], speed: float | None,
                    progress: Callable[[int], None]) -> None:
-    producer = AIOKafkaProducer(**conn, linger_ms=5, max_batch_size=262_144)
+    producer = AIOKafkaProducer(**conn, linger_ms=5, max_batch_size=262_144, acks="all")
     await producer.start()
     try:
         t0, first = time.monotonic(), events[0]["timestamp"] if events else 0

@@ -7,6 +7,7 @@ Every field reads the environment variable of the same name in upper case (``KAF
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -54,6 +55,15 @@ class Settings(BaseSettings):
     #: 1000 / this many empty fetches a second when idle (measured on an idle worker: 22 % of a
     #: core at 10 ms, 10 % at 30, 6 % at 100, 2 % at Faust's 1,500).
     kafka_fetch_max_wait_ms: int = Field(10, ge=1, le=1500)
+    #: Replicas of every topic the app creates (the catalogue, table changelogs, Faust's own): 3 on
+    #: a three-broker cluster, so a broker can be lost without losing a partition.
+    topic_replication_factor: int = Field(1, ge=1)
+    #: Replicas that must have a write before the broker acknowledges it (producers send with
+    #: acks=all): 2 of 3 keeps writing with one broker down and loses nothing acknowledged.
+    topic_min_insync_replicas: int = Field(1, ge=1)
+    #: Retention (hours) of catalogue topics, over the catalogue's defaults (JSON, e.g.
+    #: {"price.ticks": 48, "trade.executed": 720}).
+    topic_retention_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     # --- event time
     #: Events stamped more than this far ahead of the wall clock (s), or before the floor (ms
@@ -250,6 +260,29 @@ class Settings(BaseSettings):
             raise ValueError("EXCHANGE=hyperliquid needs HYPERLIQUID_SECRET_KEY")
         self.sizing.setdefault("default", SizingRule(fraction=self.position_fraction))
         return self
+
+    @model_validator(mode="after")
+    def _topic_settings(self) -> "Settings":
+        from models.topics import TOPIC_SPECS
+
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(f"TOPIC_MIN_INSYNC_REPLICAS {self.topic_min_insync_replicas} exceeds "
+                             f"TOPIC_REPLICATION_FACTOR {self.topic_replication_factor}: no write could succeed")
+        unknown = sorted(set(self.topic_retention_hours) - set(TOPIC_SPECS))
+        if unknown:
+            raise ValueError(f"TOPIC_RETENTION_HOURS names topics not in the catalogue: {', '.join(unknown)}")
+        return self
+
+    def topic_retention(self, name: str) -> timedelta:
+        """Retention of a catalogue topic: TOPIC_RETENTION_HOURS, else the catalogue's."""
+        from models.topics import TOPIC_SPECS
+
+        hours = self.topic_retention_hours.get(name)
+        return timedelta(hours=hours) if hours is not None else TOPIC_SPECS[name].retention
+
+    def topic_configs(self) -> dict[str, str]:
+        """Broker configs every created topic carries besides partitions and retention."""
+        return {"min.insync.replicas": str(self.topic_min_insync_replicas)}
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -229,7 +229,8 @@ async def run(settings: Settings, report: Report) -> None:
         # a third of a core for 1,000 ticks/s.
         fetch_min_bytes=1 << 20, fetch_max_wait_ms=max(1, int(settings.sink_batch_seconds * 1000)),
         metadata_max_age_ms=5_000, client_id=f"{settings.app_id}-event-store", **conn)
-    producer = AIOKafkaProducer(client_id=f"{settings.app_id}-event-store", linger_ms=5, **conn)
+    # acks=all: a dead letter is acknowledged only once TOPIC_MIN_INSYNC_REPLICAS replicas have it
+    producer = AIOKafkaProducer(client_id=f"{settings.app_id}-event-store", linger_ms=5, acks="all", **conn)
     await _start(consumer, "consumer")
     await _start(producer, "producer")
     dead_topic = settings.topic("dead.letters")

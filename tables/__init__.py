@@ -22,17 +22,17 @@ rather than ``bytes`` so that keys recovered from a changelog equal the keys age
 | halt (global) | account | 3 | halt (from risk.alerts) | {"halted", "reason", "since_ms", "event_id"} |
 """
 
-from app.main import app
+from app.main import app, settings
 
 # str keys, serialized raw by the app's table classes (app.main.RawKeyTable): they hash like the
 # topic keys, so table routing matches the topics. Values JSON.
-_json = dict(key_type=str)
+_json = dict(key_type=str, extra_topic_configs=settings.topic_configs())
 # Every worker gets all of a global table's changelog partitions as actives (faust-streaming's
 # assignor), so another worker's writes reach it through the recovery path, which applies events
 # in batches of recovery_buffer_size (default 1,000): with two replicas a worker saw the other's
 # prices, halt flags and exposures only every 1,000 writes. Global tables are small (compacted,
 # one key per token or account) and read live by every worker: apply each event as it arrives.
-_global = dict(key_type=str, recovery_buffer_size=1)
+_global = dict(key_type=str, recovery_buffer_size=1, extra_topic_configs=settings.topic_configs())
 
 bar_history = app.Table("bar_history", partitions=10, help="last closed bar and running indicator state per token", **_json)
 indicators = app.Table("indicators", partitions=10, help="last indicators and signal per token", **_json)

@@ -36,8 +36,19 @@ def test_compose_file_is_valid_and_runs_two_workers_with_the_stack():
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
     services = config["services"]
-    assert {"kafka", "timescaledb", "worker-1", "worker-2", "prometheus", "grafana", "migrate"} <= set(services)
-    assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"], "KRaft, no ZooKeeper"
+    brokers = ("kafka-1", "kafka-2", "kafka-3")
+    assert {*brokers, "timescaledb", "worker-1", "worker-2", "prometheus", "grafana", "migrate"} <= set(services)
+    envs = [services[b]["environment"] for b in brokers]
+    assert all("KAFKA_PROCESS_ROLES" in e for e in envs), "KRaft, no ZooKeeper"
+    assert len({e["KAFKA_NODE_ID"] for e in envs}) == 3 and len({e["CLUSTER_ID"] for e in envs}) == 1
+    assert {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs} == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert all(e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3" and e["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+               for e in envs)
+    for w in ("worker-1", "worker-2"):
+        env_w = services[w]["environment"]
+        assert (env_w["TOPIC_REPLICATION_FACTOR"], env_w["TOPIC_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert [b.split("://")[1] for b in env_w["KAFKA_BROKER"].split(";")] == [f"{b}:9092" for b in brokers]
+        assert set(brokers) <= set(services[w]["depends_on"])
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb")
     hosts = {services[w]["environment"]["WEB_HOST"] for w in ("worker-1", "worker-2")}
     assert hosts == {"worker-1", "worker-2"}, "each worker advertises its own host for table routing"
@@ -82,6 +93,8 @@ def test_statefulset_has_a_volume_per_worker_probes_on_health_views_and_config_f
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live/"
     assert {"secretRef": {"name": "moondev-secrets"}} in c["envFrom"]
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    config = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())["data"]
+    assert (config["TOPIC_REPLICATION_FACTOR"], config["TOPIC_MIN_INSYNC_REPLICAS"]) == ("3", "2")
     pdb = yaml.safe_load((DEPLOY / "k8s" / "pdb.yaml").read_text())
     assert pdb["kind"] == "PodDisruptionBudget"
     assert pdb["spec"]["selector"] == spec["selector"]
@@ -131,3 +144,10 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root():
     packages = re.search(r'packages = \[(.*?)\]', (ROOT / "pyproject.toml").read_text()).group(1)
     for pkg in re.findall(r'"(\w+)"', packages):
         assert f"COPY {pkg} ./{pkg}" in text, f"package {pkg} is copied into the build"
+
+
+def test_compose_cluster_id_is_a_kraft_cluster_id():
+    import base64
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    cid = compose["x-broker"]["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cid + "==")) == 16, "kafka-storage format needs a 16-byte id"

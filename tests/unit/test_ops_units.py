@@ -230,3 +230,39 @@ def test_bounded_label_keeps_the_first_values_and_folds_the_rest():
 
     label = BoundedLabel(cap=3)
     assert [label(a) for a in ("a", "b", "a", "c", "d", "b", "e")] == ["a", "b", "a", "c", "other", "b", "other"]
+
+
+def test_topic_settings_are_checked_and_reach_every_created_topic():
+    """TOPIC_*: min.insync.replicas above the replication factor, or a retention for a topic the
+    catalogue does not have, fail when the settings load; the app's catalogue topics and its
+    table changelogs carry the factor, min.insync.replicas and the retention (a fresh process, as
+    a worker reads them)."""
+    import json
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    with pytest.raises(ValidationError, match="exceeds TOPIC_REPLICATION_FACTOR"):
+        Settings(topic_replication_factor=1, topic_min_insync_replicas=2)
+    with pytest.raises(ValidationError, match="not in the catalogue: price.tickz"):
+        Settings(topic_retention_hours={"price.tickz": 1})
+    s = Settings(topic_retention_hours={"price.ticks": 48})
+    assert s.topic_retention("price.ticks") == timedelta(hours=48)
+    assert s.topic_retention("orders") == timedelta(days=7)
+
+    code = ("import json, app, tables; from app.main import TOPICS; t = TOPICS['price.ticks']; "
+            "c = tables.portfolio.changelog_topic; "
+            "print(json.dumps([app.app.conf.topic_replication_factor, t.replicas, dict(t.config), "
+            "t.retention.total_seconds(), dict(c.config)]))")
+    env = {**__import__("os").environ, "TOPIC_REPLICATION_FACTOR": "3", "TOPIC_MIN_INSYNC_REPLICAS": "2",
+           "TOPIC_RETENTION_HOURS": '{"price.ticks": 48}'}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    factor, replicas, config, retention_s, changelog = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (factor, replicas, retention_s) == (3, 3, 48 * 3600)
+    assert config == changelog == {"min.insync.replicas": "2"}
