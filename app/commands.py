@@ -382,7 +382,8 @@ async def backtest(self, start: str | None, end: str | None, file: str | None, t
                  f"{api.resolve(s.trading_rules, s.trading_params)[1].model_dump()} on the {engine} engine "
                  f"(balance {balance:,.0f} USD)")
         with tqdm(total=len(data.events), unit="ev", unit_scale=True, desc="replay") as progress:
-            result = await api.arun(data, s, engine=engine, speed=speed, progress=progress.update, agents=names)
+            result = await api.arun(data, s, engine=engine, speed=speed, progress=progress.update, agents=names,
+                                    keep_outputs=engine == "inprocess")
     except api.BacktestError as exc:
         fail(str(exc))
     folder = Path(out) if out else Path(".local/backtests") / result.run_id
@@ -394,6 +395,11 @@ async def backtest(self, start: str | None, end: str | None, file: str | None, t
                             k: v for k, v in report["benchmark"].items() if k != "curve"}})
     try:
         await store.write([Row(ev.event_id, ev.event_type, ev.timestamp, None, encode_event(ev).decode(), ev.source)])
+        if result.kept:
+            # what the run emitted, under its run id: `faust -A app trace ID --run RUN_ID` follows a decision
+            await store.write_backtest(result.run_id, result.kept)
+            self.say(f"kept {len(result.kept):,} events under run {result.run_id} "
+                     f"(faust -A app trace <event id> --run {result.run_id})")
     except Exception as exc:  # noqa: BLE001
         self.say(f"note: report not stored in the event store ({type(exc).__name__}: {exc})")
     finally:
@@ -404,6 +410,40 @@ async def backtest(self, start: str | None, end: str | None, file: str | None, t
              f"(buy and hold {result.benchmark['total_return_pct']:.2f}%), max drawdown {m.max_drawdown_pct:.2f}%, "
              f"{m.trades} round trips, win rate {m.win_rate_pct}, fees {m.fees_paid:.2f} USD")
     self.say("reports: " + " ".join(str(p) for p in paths.values()))
+
+
+@app.command(
+    argument("event_id"),
+    option("--run", "run_id", default=None, help="A backtest run id: trace the events that run kept."),
+    option("--json", "as_json", is_flag=True, default=False, help="Print the tree as JSON."),
+    option("--within-hours", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True,
+           help="Look this far (event time) after the chain's first event."),
+)
+async def trace(self, event_id: str, run_id: str | None, as_json: bool, within_hours: float) -> None:
+    """Print the chain of a decision (or any event of it: tick, signal, order, fill) from the event
+    store as a tree of causes: tick -> bar -> signals -> decision -> orders -> fills -> portfolio,
+    with event-time and storage timings."""
+    import asyncpg
+
+    from store.eventstore import UNAVAILABLE, EventStore
+    from store.trace import as_json as tree_json
+    from store.trace import build_tree, load_chain, render
+
+    try:
+        ident = uuid.UUID(event_id)
+    except ValueError:
+        fail(f"not an event id (a UUID): {event_id!r}")
+    store = EventStore(settings.database_url)
+    try:
+        events = await load_chain(await store.pool(), ident, run_id, int(within_hours * 3_600_000))
+    except LookupError as exc:
+        fail(str(exc) + (f" in backtest run {run_id}" if run_id else ""), 1)
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        fail(f"cannot read the event store at {settings.database_url.split('@')[-1]}: {type(exc).__name__}: {exc}", 1)
+    finally:
+        await store.close()
+    tree = build_tree(events)
+    print(json.dumps(tree_json(tree), indent=2) if as_json else render(tree))
 
 
 @app.command()

@@ -12,12 +12,14 @@ import gc
 import logging
 import ssl
 import time
+import uuid
 
 import faust
 
 from app.kafka import App, PartitionAssignor, Topic
 from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
+from core.logs import current_event_id, logging_config, trace_fields, tracing
 from core.redact import install_redaction
 from core.settings import get_settings
 from models.events import (AgentError, Envelope, EventError, dead_letter_event,  # noqa: F401  (re-exported)
@@ -67,6 +69,7 @@ class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
 app = App(
     settings.app_id,
     fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+    logging_config=logging_config(settings.log_format),
     Table=RawKeyTable,
     GlobalTable=RawKeyGlobalTable,
     # A created topic is declared only once the brokers list it, and an assignment that misses a
@@ -137,7 +140,12 @@ OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
 
 async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False) -> None:
     """Send an event to its event type's topic (or ``topic_name``), keyed by token or account; with
-    ``wait``, return only once the broker has acknowledged it (raises the send's error)."""
+    ``wait``, return only once the broker has acknowledged it (raises the send's error). An event
+    without a ``causation_id`` gets the id of the event this task is handling (core.logs)."""
+    if event.causation_id is None:
+        cause = current_event_id()
+        if cause is not None and cause != str(event.event_id):
+            event = event.model_copy(update={"causation_id": uuid.UUID(cause)})
     name = topic_name or TOPIC_OF_EVENT[event.event_type]
     pending = await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
     if wait and pending is not None:
@@ -204,15 +212,22 @@ class survive:
 
     def __init__(self, agent: str, event, decoded: Envelope | None = None) -> None:
         self.agent, self.event, self.decoded = agent, event, decoded
+        self._trace = None
 
     async def __aenter__(self) -> "survive":
+        # every log line and every emitted event of this handling names the event (core.logs)
+        self._trace = tracing(trace_fields(self.agent, self.decoded))
+        self._trace.__enter__()
         return self
 
     async def __aexit__(self, typ, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, Exception):
-            return False  # CancelledError and KeyboardInterrupt are BaseExceptions: not ours
-        await report_error(self.agent, self.event.message, exc, self.decoded)
-        return True
+        try:
+            if exc is None or not isinstance(exc, Exception):
+                return False  # CancelledError and KeyboardInterrupt are BaseExceptions: not ours
+            await report_error(self.agent, self.event.message, exc, self.decoded)
+            return True
+        finally:
+            self._trace.__exit__(None, None, None)
 
 
 async def report_error(agent: str, message, exc: BaseException, decoded: Envelope | None = None) -> None:

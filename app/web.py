@@ -14,6 +14,9 @@
 - ``GET /sentiment/{token}/``: follower-weighted bullish share (%), updates and weight of the 5m,
   30m and 1h windows, and the velocity (percentage points).
 - ``GET /correlation/{token}/``: the latest sentiment–price correlation (r, points, implied action).
+- ``GET /trace/{event_id}/``: the chain of events the id belongs to (tick, bar, signals, decision,
+  orders, fills, portfolio changes) as a tree of causes with timings, JSON (``faust -A app trace``
+  prints the same as text).
 - ``GET /events/?start=&end=&token=&type=&limit=&cursor=``: the event store by time range
   (``start``/``end`` in ms since epoch or ISO-8601, end exclusive), token and event type (comma
   separated), ordered by time, ``limit`` per page (default 500, at most 10,000) and a ``cursor``
@@ -54,6 +57,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -202,6 +206,29 @@ class Events(View):
             log.warning("/events/: event store unavailable (%s)", type(exc).__name__)
             return self.json({"error": "event store unavailable"}, status=503)
         return self.json({"events": [dict(r, data=json.loads(r["data"])) for r in rows], "next_cursor": cursor})
+
+
+@app.page("/trace/{event_id}/")
+class Trace(View):
+    """One decision's chain from the event store as a tree of causes (store.trace), JSON; 400 for
+    an id that is not a UUID, 404 when nothing stored has it, 503 when the store is down."""
+
+    @read_auth
+    async def get(self, request: Request, event_id: str) -> Response:
+        from store.trace import as_json, build_tree, load_chain
+
+        try:
+            ident = uuid.UUID(event_id)
+        except ValueError:
+            return self.json({"error": "event id must be a UUID"}, status=400)
+        try:
+            events = await load_chain(await store.pool(), ident)
+        except LookupError as exc:
+            return self.json({"error": str(exc)}, status=404)
+        except UNAVAILABLE as exc:
+            log.warning("/trace/: event store unavailable (%s)", type(exc).__name__)
+            return self.json({"error": "event store unavailable"}, status=503)
+        return self.json({"event_id": event_id, "events": len(events), "tree": as_json(build_tree(events))})
 
 
 def _update_lag() -> None:

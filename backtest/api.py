@@ -223,7 +223,8 @@ def _as_dict(ev) -> dict:
 async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", speed: float | None = None,
                progress: Callable[[int], None] | None = None, agents: Sequence[str] = ("trading.rules",),
                keep_outputs: bool = False, workdir: Path | None = None) -> Result:
-    """Run one backtest of ``data`` with ``settings`` (:func:`backtest_settings`) and measure it."""
+    """Run one backtest of ``data`` with ``settings`` (:func:`backtest_settings`) and measure it.
+    ``keep_outputs`` (in-process engine): keep every emitted event in the result (``kept``)."""
     import orjson
 
     from models.events import encode_event
@@ -236,6 +237,7 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
         fills = sorted((orjson.loads(encode_event(f)) for f in run.fills),
                        key=lambda f: (f["timestamp"], f.get("fill_id") or ""))
         seconds, counts = run.seconds, run.counts
+        kept = _kept(data.events, run.outputs) if keep_outputs else []
     elif engine == "kafka":
         import tempfile
 
@@ -246,6 +248,7 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
         fills, seconds, run_id = await asyncio.get_running_loop().run_in_executor(
             None, lambda: run_kafka(events, settings, workdir=wd, speed=speed, progress=progress or (lambda n: None)))
         counts = {"trade.executed": len(fills)}
+        kept = []
     else:
         raise BacktestError(f"unknown engine {engine!r}: inprocess or kafka")
     rules_set, params = resolve(settings.trading_rules, settings.trading_params)
@@ -258,8 +261,23 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
                  "events": len(data.events), "start_ms": data.events[0].timestamp,
                  "end_ms": data.events[-1].timestamp},
         "speed": speed or "max", "settings": result_settings(settings)}
-    return result(run_id, report_params, _ticks(data.events), fills, settings.initial_cash_usd,
-                  int(settings.bar_seconds * 1000), len(data.events), seconds, counts)
+    res = result(run_id, report_params, _ticks(data.events), fills, settings.initial_cash_usd,
+                 int(settings.bar_seconds * 1000), len(data.events), seconds, counts)
+    res.kept = kept
+    return res
+
+
+def _kept(inputs: list, outputs: list) -> list[dict]:
+    """The run's outputs and the inputs that started their chains (their correlation ids), as
+    wire JSON dicts."""
+    from models.events import encode_event
+
+    import orjson
+
+    out = [orjson.loads(encode_event(e)) for e in outputs]
+    roots = {e.get("correlation_id") for e in out} - {None}
+    started = [_as_dict(ev) for ev in inputs if str(ev.event_id) in roots]
+    return started + out
 
 
 def run_sync(coro):

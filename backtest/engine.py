@@ -257,7 +257,7 @@ class InProcessEngine:
                 for handler in tick_handlers:
                     out = handler(ev)
                     if out:
-                        queue.extend(out)
+                        queue.extend(_caused(out, ev.event_id))
             else:
                 queue.append(ev)
             while queue:
@@ -274,7 +274,7 @@ class InProcessEngine:
                     if out.__class__ is not list and inspect.isawaitable(out):
                         out = await out
                     if out:
-                        queue.extend(out)
+                        queue.extend(_caused(out, out_ev.event_id))
             i += 1
             if progress is not None and i - reported >= 10_000:
                 progress(i - reported)
@@ -284,6 +284,12 @@ class InProcessEngine:
         #: input ticks taken in quiet runs rather than one by one (last run)
         self.ticks_skipped = skipper.taken if skipper is not None else 0
         return EngineRun(fills, outputs, counts, n_inputs, time.perf_counter() - t0, self.stores)
+
+
+def _caused(events, cause) -> list:
+    """``events`` with ``causation_id`` set to ``cause`` where they have none, as a worker's
+    ``emit`` sets it from the event being handled."""
+    return [e if e.causation_id is not None else e.model_copy(update={"causation_id": cause}) for e in events]
 
 
 class _RunSkipper:

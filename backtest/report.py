@@ -61,7 +61,7 @@ class RoundTrip:
 class Result:
     """One backtest: ``params`` (every setting that shaped it), ``performance``, ``benchmark``
     (buy and hold), ``fills`` (dicts), ``trades`` (round trips), ``curve`` [(ms, equity USD)],
-    ``prices`` token -> [(ms, close)], replay figures."""
+    ``prices`` token -> [(ms, close)], replay figures, ``kept`` events."""
 
     run_id: str
     params: dict
@@ -75,6 +75,9 @@ class Result:
     replay_seconds: float
     data_span_s: float
     counts: dict = field(default_factory=dict)
+    #: With ``keep_outputs``: every event the run emitted and the input events that started their
+    #: chains, as wire JSON dicts, for the event store's ``backtest_events`` (not in the report).
+    kept: list[dict] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:

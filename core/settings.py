@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     #: {"price.ticks": 48, "trade.executed": 720}).
     topic_retention_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
+    #: Log lines: ``json`` (one object per line with the handled event's ids: core.logs) or
+    #: ``text`` (Faust's own format).
+    log_format: Literal["json", "text"] = "json"
+
     # --- event time
     #: Events stamped more than this far ahead of the wall clock (s), or before the floor (ms
     #: since the epoch; Bitcoin's first block by default), are dead-lettered by every consumer
@@ -196,7 +200,7 @@ class Settings(BaseSettings):
     ingest_backoff_cap_seconds: float = Field(30.0, gt=0)
     ingest_queue_size: int = Field(10_000, ge=1)
 
-    # --- event store (schema version 2: daily partitions, or a TimescaleDB hypertable)
+    # --- event store (daily partitions, or a TimescaleDB hypertable: store.eventstore)
     #: TimescaleDB only: compress chunks older than this; drop chunks older than the retention (0 = never).
     store_compress_after_days: int = Field(7, ge=1)
     store_retention_days: int = Field(0, ge=0)

@@ -5,7 +5,10 @@ The wire format is one flat JSON object per Kafka message: the envelope fields
 payload fields of the event type, with the field names below. No Faust metadata is added or
 expected, so any producer (another service, another language) can write these topics.
 
-``timestamp`` is event time in milliseconds since the Unix epoch (UTC). ``ingest_ms`` (optional) is
+``correlation_id`` is the id of the event that started the chain (a tick, a sentiment update),
+``causation_id`` the id of the event whose handling produced this one; together they make a
+decision traceable back to its tick. ``timestamp`` is event time in milliseconds since the Unix
+epoch (UTC). ``ingest_ms`` (optional) is
 the wall-clock time in ms at which the tick that started the chain was produced to Kafka; it is
 carried along the chain so tick-to-fill latency can be measured on replayed (historical) data.
 """
@@ -67,6 +70,8 @@ class Envelope(BaseModel):
     token: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     source: Annotated[str, Field(min_length=1, max_length=64)]
     correlation_id: uuid.UUID | None = None
+    #: The event whose handling produced this one (set by the runtime that routes it).
+    causation_id: uuid.UUID | None = None
     ingest_ms: Annotated[int, Field(ge=0)] | None = None
 
 

@@ -17,6 +17,12 @@ A partitioned table's unique keys must contain the partition key, so the key is 
 event_id). An event keeps its timestamp on every redelivery, so inserting with ``ON CONFLICT DO
 NOTHING`` on that key stores each event once.
 
+Schema version 3 adds an index on ``event_id`` and a partial one on the events' correlation id
+(``data->>'correlation_id'``, with the timestamp), so one decision's chain is found without a scan
+(``faust -A app trace``), and the table ``backtest_events(run_id, event_id, event_type, timestamp,
+token, data)``: what a backtest run emitted, kept under its run id apart from the live events, whose
+ids a replay of the same input shares.
+
 Writes go through ``COPY`` (``copy_records_to_table``) into a session temp table, then one
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into ``events``, in one transaction.
 """
@@ -31,10 +37,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
+import orjson
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Failures that mean the database could not be reached (down, restarting, refusing connections),
 #: not that it refused the rows or the query: a caller retries these, or answers 503.
@@ -76,6 +83,26 @@ _V2_TABLE = """
     CREATE INDEX events_ts_token_type_idx2 ON events (timestamp, token, event_type);
     CREATE INDEX events_type_ts_idx2 ON events (event_type, timestamp);
     CREATE INDEX events_token_ts_idx ON events (token, timestamp);
+"""
+
+
+#: Version 3: lookups by event id and by chain (``faust -A app trace``), and the events backtest
+#: runs keep, by run id, apart from the live ones (whose ids they share).
+_V3 = """
+    CREATE INDEX IF NOT EXISTS events_event_id_idx ON events (event_id);
+    CREATE INDEX IF NOT EXISTS events_correlation_idx ON events ((data->>'correlation_id'), timestamp)
+        WHERE data ? 'correlation_id';
+    CREATE TABLE IF NOT EXISTS backtest_events (
+        run_id     text NOT NULL,
+        event_id   uuid NOT NULL,
+        event_type text NOT NULL,
+        timestamp  timestamptz NOT NULL,
+        token      text,
+        data       jsonb NOT NULL,
+        PRIMARY KEY (run_id, event_id)
+    );
+    CREATE INDEX IF NOT EXISTS backtest_events_correlation_idx
+        ON backtest_events (run_id, (data->>'correlation_id'), timestamp);
 """
 
 
@@ -141,6 +168,10 @@ class EventStore:
                 await conn.execute("INSERT INTO schema_version (version, mode) VALUES (2, $1)", mode)
                 log.info("event store migrated to schema version 2 (%s)", mode)
             self._mode = await conn.fetchval("SELECT mode FROM schema_version WHERE version = 2")
+            if current < 3:
+                await conn.execute(_V3)
+                await conn.execute("INSERT INTO schema_version (version, mode) VALUES (3, $1)", self._mode)
+                log.info("event store migrated to schema version 3 (event id and chain indices, backtest events)")
         if self._mode == "partitioned":
             today = datetime.now(timezone.utc).date()
             await self.ensure_partitions([today + timedelta(days=d) for d in range(-1, ahead_days + 1)])
@@ -205,6 +236,21 @@ class EventStore:
             await conn.copy_records_to_table("events_stage", columns=COLUMNS, records=records)
             status = await conn.execute("INSERT INTO events (event_id, event_type, timestamp, token, data, source) "
                                         "SELECT * FROM events_stage ON CONFLICT DO NOTHING")
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def write_backtest(self, run_id: str, events: list[dict]) -> int:
+        """Keep a backtest run's emitted events (their wire JSON as dicts) under ``run_id``;
+        returns how many were new. Raises on any database error."""
+        if self._mode is None:
+            await self.migrate()
+        records = [(run_id, uuid.UUID(str(e["event_id"])), e["event_type"], _ts(e["timestamp"]), e.get("token"),
+                    orjson.dumps(e).decode()) for e in events]
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS backtest_stage (run_id text, event_id uuid, "
+                               "event_type text, timestamp timestamptz, token text, data jsonb) ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table("backtest_stage", records=records)
+            status = await conn.execute("INSERT INTO backtest_events SELECT * FROM backtest_stage ON CONFLICT DO NOTHING")
         return int(status.rsplit(" ", 1)[-1])
 
     async def query(self, start_ms: int, end_ms: int, token: str | None = None,

@@ -324,8 +324,15 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s] [%(process)d] [%(levelname)s] [event-store sink] %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    if get_settings().log_format == "json":
+        from core.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(static_fields={"agent": "event-store sink"}))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] [event-store sink] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from app.main import TOPICS, app, dead_letter, emit, survive, valid_events
@@ -10,6 +11,7 @@ from app.runtime import consensus as processor
 from core.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_TO_DECISION_SECONDS
 from models.events import SignalError, SignalGenerated
 
+log = logging.getLogger("moondev.consensus")
 _latency = PROCESSING_SECONDS.labels("consensus")
 _late = LATE_EVENTS.labels("consensus")
 
@@ -26,6 +28,10 @@ async def consensus(stream):
             late = processor.late
             for decision in processor.process(sig, event.message.partition):
                 await emit(decision)
+                if decision.event_type == "trade.consensus_approved":
+                    log.info("decision %s approved: %s %s score %.1f confidence %s, agents %s", decision.event_id,
+                             decision.recommended_action, decision.token, decision.consensus_score,
+                             decision.confidence, ",".join(decision.contributing_agents))
                 if decision.ingest_ms:
                     TICK_TO_DECISION_SECONDS.observe(max(0.0, time.time() - decision.ingest_ms / 1000.0))
             if processor.late != late:

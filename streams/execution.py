@@ -17,6 +17,7 @@ twice. The processor serializes the two paths per account.
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextvars
 import time
 import weakref
@@ -29,8 +30,11 @@ from faust.types.tuples import Message
 from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
+from core.logs import TRACE, trace_fields
 from core.metrics import PROCESSING_SECONDS
 from models.events import ConsensusDecision, OrderEvent
+
+log = logging.getLogger("moondev.execution")
 
 _latency = PROCESSING_SECONDS.labels("execution")
 _fast_latency = PROCESSING_SECONDS.labels("execution.force_close_now")
@@ -58,6 +62,9 @@ async def execution(stream):
             account = event.key.decode() if event.key else None
             for out in await processor.process(req, event.message.partition, account=account):
                 await emit(out)
+                if out.event_type == "trade.executed":
+                    log.info("fill %s: %s %s %s at %s USD (fee %s USD)", out.client_order_id, out.account, out.side,
+                             out.filled_amount, out.fill_price, out.fee)
                 if out.event_type == "trade.placed" and event.message.timestamp:
                     # from the approving decision's (or force-close request's) produce time
                     sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
@@ -93,6 +100,9 @@ async def force_close_now(request: OrderEvent) -> list | None:
     event = faust.Event(app, message.key, value, None, message)
     ctx = contextvars.copy_context()
     ctx.run(_current_event.set, weakref.ref(event))
+    ctx.run(TRACE.set, trace_fields("execution", request))
     out = await asyncio.get_running_loop().create_task(processor.process(request, partition), context=ctx)
     _fast_latency.observe(time.perf_counter() - t0)
-    return out
+    # caused by the request, as when the engine reads it from the orders topic (emitted by the caller)
+    return [e if e.causation_id is not None else e.model_copy(update={"causation_id": request.event_id})
+            for e in out or ()]

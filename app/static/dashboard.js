@@ -21,6 +21,15 @@
     return node;
   }
   const td = (content, cls) => el("td", cls, content);
+  // A link to a decision's chain (/trace/<id>/), only for an id shaped like a UUID.
+  function traceLink(id) {
+    if (typeof id !== "string" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) return "";
+    const a = el("a", "trace", "trace");
+    a.href = "/trace/" + id + "/" + (authToken ? "?token=" + encodeURIComponent(authToken) : "");
+    a.target = "_blank";
+    a.rel = "noopener";
+    return a;
+  }
   const signed = (v) => el("span", v >= 0 ? "up" : "down", usd(v));
   function fillSelect(sel, values, selected) {
     sel.replaceChildren(...values.map((v) => new Option(v, v, false, v === selected)));
@@ -92,7 +101,8 @@
         td("@ " + num(e.fill_price, 2))],
     decision: (e) => [td(time(e.timestamp)), td(e.token),
       td(e.event_type === "trade.consensus_approved" ? "approved " + e.recommended_action : "failed", word(e.recommended_action)),
-      td(num(e.consensus_score, 1)), td((Array.isArray(e.contributing_agents) ? e.contributing_agents : []).join(", "))],
+      td(num(e.consensus_score, 1)), td((Array.isArray(e.contributing_agents) ? e.contributing_agents : []).join(", ")),
+      td(traceLink(e.event_id))],
     signal: (e) => [td(time(e.timestamp)), td(e.token), td(e.action || e.event_type, word(e.action)),
       td(e.score != null ? num(e.score, 1) : ""), td(e.agent || "")],
     alert: (e) => [td(time(e.timestamp)), td(e.account), td(e.event_type, word(e.severity)), td(e.violation_type || ""),

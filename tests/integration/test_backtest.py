@@ -23,6 +23,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pandas as pd
 import pytest
 
@@ -183,6 +184,30 @@ def test_backtest_command_from_the_event_store(candles, tmp_path, fresh_database
 
     (saved,) = [r for r in asyncio.run(stored()) if r["run_id"] == report["run_id"]]
     assert saved["metrics"]["trades"] == report["metrics"]["trades"]
+
+    # the run kept what it emitted: a backtest fill traces back to its tick like a live one
+    run_id = report["run_id"]
+    assert f"under run {run_id}" in proc.stdout + proc.stderr
+
+    async def kept_fill() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return str(await conn.fetchval("SELECT event_id FROM backtest_events WHERE run_id = $1 AND "
+                                           "event_type = 'trade.executed' ORDER BY timestamp LIMIT 1", run_id))
+        finally:
+            await conn.close()
+
+    fill_id = asyncio.run(kept_fill())
+    trace = subprocess.run([FAUST, "-A", "app", "trace", fill_id, "--run", run_id], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert trace.returncode == 0, trace.stderr[-2000:]
+    lines = trace.stdout.splitlines()
+    assert lines[0].startswith("chain of price.tick")
+    for kind in ("bar", "signal.generated", "trade.consensus_approved", "trade.executed"):
+        assert any(f"{kind}: " in line for line in lines), kind
+    live = subprocess.run([FAUST, "-A", "app", "trace", fill_id], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert live.returncode == 1 and "no stored event" in live.stderr  # not among the live events
 
 
 def test_report_reproduces_the_run(inprocess_run, candles):

@@ -1,4 +1,4 @@
-"""The event store on the real PostgreSQL server: schema version 2 (daily partitions), migrate
+"""The event store on the real PostgreSQL server: schema version 3 (daily partitions, chain indices), migrate
 twice is a no-op, an upgrade from version 1 keeps the data, COPY writes are idempotent, and
 cursor pagination returns every event once, in order."""
 
@@ -56,9 +56,9 @@ def test_migrate_twice_is_a_no_op_and_v1_data_survives_the_upgrade(fresh_databas
         await conn.close()
         store = EventStore(dsn)
         try:
-            assert await store.migrate() == 2
+            assert await store.migrate() == 3
             first = await _catalog(dsn)
-            assert await store.migrate() == 2
+            assert await store.migrate() == 3
             assert await _catalog(dsn) == first
             page, _ = await store.query(T0, T0 + 1)
             assert [r["event_id"] for r in page] == [str(old)]
@@ -67,9 +67,10 @@ def test_migrate_twice_is_a_no_op_and_v1_data_survives_the_upgrade(fresh_databas
         return first
 
     versions, parts, indexes = run(scenario())
-    assert versions == [(1, None), (2, "partitioned")]
+    assert versions == [(1, None), (2, "partitioned"), (3, "partitioned")]
     assert "events_p20240808" in parts and len(parts) >= 9  # the old data's day and a week ahead
-    assert {"events_pkey", "events_ts_token_type_idx2", "events_type_ts_idx2", "events_token_ts_idx"} <= set(indexes)
+    assert {"events_pkey", "events_ts_token_type_idx2", "events_type_ts_idx2", "events_token_ts_idx",
+            "events_event_id_idx", "events_correlation_idx"} <= set(indexes)
 
 
 def test_copy_writes_are_idempotent_partitions_come_on_demand_and_pages_cover_everything(fresh_database_url):

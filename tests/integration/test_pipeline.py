@@ -4,13 +4,16 @@ the bundled real sample (35,389 Binance trades). No mocks on this path.
 (a) trades, portfolio and event store agree with each other;
 (b) a restarted worker recovers the portfolio table unchanged, from its local RocksDB and from the
     changelog alone (fresh data folder);
-(c) a malformed message on price.ticks lands in the dead letters while processing continues.
+(c) a malformed message on price.ticks lands in the dead letters while processing continues;
+and a decision traces back to its tick through ``faust -A app trace`` and ``/trace/``, with the
+worker's log lines JSON naming the events they were logged for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -19,7 +22,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.local import SAMPLE, Stack, wait_until
+from app.local import FAUST, ROOT, SAMPLE, Stack, wait_until
 
 N_TICKS = 35_389
 INITIAL_CASH = 100_000.0
@@ -83,9 +86,9 @@ def settle(worker, dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, database_url):
-    # The sample feeds one signal source (the rules on ticks), so one agent is enough to trade.
+    # As `make run`: 1 s bars, the rules, order-flow and whale agents voting, two of them to agree.
     stack = Stack(tmp_path_factory.mktemp("pipeline"), database_url=database_url, BAR_SECONDS="1",
-                  CONSENSUS_MIN_AGENTS="1", STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH))
+                  STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH))
     worker = stack.worker("w1").start()
     try:
         stack.feed(SAMPLE, "max")
@@ -150,6 +153,56 @@ def _portfolio_state(worker) -> dict:
     pf = worker.get("/portfolio/")
     return {k: pf[k] for k in ("cash", "fees_paid", "realised_pnl", "fills")} | {
         "positions": {t: (p["size"], p["entry_price"]) for t, p in pf["positions"].items()}}
+
+
+def test_a2_a_decision_traces_back_to_its_tick_and_the_logs_name_it(run, database_url):
+    stack, worker = run
+    fill = db(database_url, "SELECT data FROM events WHERE event_type = 'trade.executed' ORDER BY timestamp LIMIT 1")
+    fill = json.loads(fill[0]["data"])
+    decision_id = fill["causation_id"]
+    decision = json.loads(db(database_url, "SELECT data FROM events WHERE event_id = $1", uuid.UUID(decision_id))[0]["data"])
+    assert decision["event_type"] == "trade.consensus_approved" and len(decision["contributing_agents"]) >= 2
+
+    def trace(*args):
+        return subprocess.run([FAUST, "-A", "app", "trace", *args], cwd=ROOT, env=stack.env, capture_output=True,
+                              text=True, timeout=120)
+
+    out = trace(decision_id)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert text.startswith(f"chain of price.tick {decision['correlation_id']}")
+    for kind in ("price.tick", "bar", "signal.generated", "trade.consensus_approved", "trade.placed",
+                 "trade.executed", "state.changed"):
+        assert f"{kind}: " in text, kind
+    assert "stored +" in text and decision_id in text and fill["event_id"] in text
+    tree = json.loads(trace(fill["event_id"], "--json").stdout)  # any event of the chain gives the chain
+    assert tree == worker.get(f"/trace/{fill['event_id']}/")["tree"]
+    [root] = tree
+    path = [root["event_type"]]
+    node = root
+    while node["children"]:
+        node = next(c for c in node["children"] if c["event_type"] in (
+            "bar", "signal.generated", "trade.consensus_approved", "trade.executed", "state.changed")
+            and (c["event_type"] != "signal.generated" or c["event_id"] == decision["causation_id"]))
+        path.append(node["event_type"])
+    assert path == ["price.tick", "bar", "signal.generated", "trade.consensus_approved", "trade.executed",
+                    "state.changed"]
+    bad = trace("not-an-id")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "UUID" in bad.stderr
+    missing = trace(str(uuid.uuid4()))
+    assert missing.returncode == 1 and "no stored event" in missing.stderr and "Traceback" not in missing.stderr
+
+    # every log line of the worker (and its sink process) is JSON; the approval's line names the
+    # signal it was logged for and the chain it belongs to
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert len(records) > 50
+    assert all({"time", "level", "logger", "message", "correlation_id", "causation_id", "event_id"} <= set(r)
+               for r in records)
+    [approved] = [r for r in records if r["message"].startswith(f"decision {decision_id} approved")]
+    assert (approved["event_id"], approved["correlation_id"], approved["agent"]) == (
+        decision["causation_id"], decision["correlation_id"], "consensus")
+    assert any(r.get("agent") == "event-store sink" for r in records)
 
 
 def test_b_portfolio_recovers_from_changelog_after_restart(run, database_url):
