@@ -211,13 +211,16 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: float = 120) -> "Worker":
+    def start(self, wait: float | None = 120) -> "Worker":
+        """Start the worker process and wait up to ``wait`` seconds for ``/health/`` to be ok
+        (``None``: do not wait)."""
         if not self.stack.topics_declared:
             self.stack.declare_topics()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([FAUST, "-A", "app", "worker", "-l", "info"], cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready(wait)
+        if wait is not None:
+            self.wait_ready(wait)
         return self
 
     def wait_ready(self, timeout: float) -> None:

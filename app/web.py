@@ -67,7 +67,7 @@ from app.dashboard import STATIC, hub
 from app.main import app, emit, settings
 from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
 from app.sla import emit_due
-from models.events import ControlAction, OrderEvent, RiskEvent, derived_id, new_event_id
+from models.events import ControlAction, OrderEvent, RiskEvent, StartupFailure, derived_id, new_event_id
 from streams.portfolio import portfolio_view
 from store.eventstore import UNAVAILABLE
 from streams.sink import health as sink_health
@@ -102,15 +102,44 @@ def _tables_ready() -> bool:
     return recovery.completed.is_set() and not app.rebalancing
 
 
+async def health_checks() -> dict[str, bool]:
+    """The checks of ``/health/``: name -> passed."""
+    broker, database = await asyncio.gather(_broker_ok(), _database_ok())
+    return {"broker": broker, "database": database and schema_ready.is_set(), "tables_ready": _tables_ready(),
+            "dashboard_ready": hub.ready.is_set(),
+            "event_store_sink": not (settings.store_events and sink_health.stuck())}
+
+
 @app.page("/health/")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        broker, database = await asyncio.gather(_broker_ok(), _database_ok())
-        checks = {"broker": broker, "database": database and schema_ready.is_set(), "tables_ready": _tables_ready(),
-                  "dashboard_ready": hub.ready.is_set(),
-                  "event_store_sink": not (settings.store_events and sink_health.stuck())}
+        checks = await health_checks()
         ok = all(checks.values())
         return self.json({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
+
+
+@app.task
+async def _watch_startup() -> None:
+    """``system.startup_failure`` once, when the health checks do not all pass within
+    STARTUP_TIMEOUT_SECONDS of the start (the worker goes on: a dependency may come back)."""
+    t0 = time.monotonic()
+    while True:
+        checks = await health_checks()
+        waited = time.monotonic() - t0
+        if all(checks.values()):
+            return
+        if waited >= settings.startup_timeout_seconds:
+            break
+        await asyncio.sleep(1.0)
+    failing = sorted(k for k, ok in checks.items() if not ok)
+    where = f"{settings.web_host}:{settings.web_port}"
+    log.error("worker %s not ready %.0f s after its start: %s failing", where, waited, ", ".join(failing))
+    try:
+        await emit(StartupFailure(event_id=new_event_id(), timestamp=int(time.time() * 1000), source="worker",
+                                  worker=where, reason="not ready: " + ", ".join(failing) + " failing",
+                                  checks=checks, waited_s=round(waited, 1)), wait=True)
+    except Exception:  # noqa: BLE001 - Kafka itself may be what fails
+        log.exception("could not send system.startup_failure")
 
 
 def _portfolio_json(account: str) -> dict:

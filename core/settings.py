@@ -218,6 +218,11 @@ class Settings(BaseSettings):
     #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
     sink_nice: int = Field(10, ge=0, le=19)
 
+    # --- agent health
+    #: A worker whose health checks (those of /health/) do not all pass this many seconds after
+    #: it started sends ``system.startup_failure`` naming the failing ones (once).
+    startup_timeout_seconds: float = Field(180.0, gt=0)
+
     # --- web: access control, dashboard, SLA
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as
     #: ``operator``. CONTROL_TOKENS (JSON {"name": "token"}) names several holders. Without any

@@ -278,6 +278,17 @@ class AgentError(Envelope):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+class StartupFailure(Envelope):
+    """A worker not ready ``waited_s`` seconds after it started: which of its health checks
+    (``checks``, name -> passed) still fail, and where it runs (``worker``, host:port)."""
+
+    event_type: Literal["system.startup_failure"] = "system.startup_failure"
+    worker: str
+    reason: str
+    checks: dict[str, bool] = Field(default_factory=dict)
+    waited_s: NonNegFloat = 0.0
+
+
 class SlaViolation(Envelope):
     """An observation over its SLA limit (``value`` and ``limit`` in ms); ``breaches`` is how
     many breaches since the previous event of this metric this one stands for (the worst value)."""
@@ -345,6 +356,7 @@ Event = Annotated[
         PositionClosed,
         StateEvent,
         AgentError,
+        StartupFailure,
         SlaViolation,
         ControlAction,
         BacktestReport,

@@ -78,6 +78,7 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "state.snapshot": "state.changes",
     "state.changed": "state.changes",
     "agent.error": "system",
+    "system.startup_failure": "system",
     "metric.sla_violation": "system",
     "control.action": "system",
     "backtest.report": "system",

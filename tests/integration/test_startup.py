@@ -60,3 +60,41 @@ def test_worker_recovers_a_global_changelog_missing_from_its_first_assignment(tm
         wait_until(lambda: w.get("/health/").get("status") == "ok", 30, "the worker ready again")
     finally:
         stack.stop()
+
+
+def test_a_worker_not_ready_in_time_says_which_checks_fail(tmp_path):
+    """PostgreSQL unreachable (a closed port): the worker runs but never becomes ready, and after
+    STARTUP_TIMEOUT_SECONDS it sends ``system.startup_failure`` naming the failing check."""
+    import socket
+
+    from aiokafka import AIOKafkaConsumer
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    stack = Stack(tmp_path, f"postgresql://postgres@127.0.0.1:{dead}/moondev", STARTUP_TIMEOUT_SECONDS="8")
+    topic = stack.env["TOPIC_PREFIX"] + "system"
+
+    async def failure() -> dict:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
+                                    group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            async with asyncio.timeout(120):
+                while True:
+                    for records in (await consumer.getmany(timeout_ms=1000)).values():
+                        for r in records:
+                            event = __import__("json").loads(r.value)
+                            if event["event_type"] == "system.startup_failure":
+                                return event
+        finally:
+            await consumer.stop()
+
+    try:
+        w = stack.worker().start(wait=None)
+        event = asyncio.run(failure())
+        assert event["checks"]["database"] is False and "database" in event["reason"]
+        assert event["waited_s"] >= 8 and event["worker"].endswith(f":{w.env['WEB_PORT']}")
+        assert "not ready" in w.log_tail(10**7)
+    finally:
+        stack.stop()
