@@ -417,7 +417,7 @@ async def backtest(self, start: str | None, end: str | None, file: str | None, t
     option("--run", "run_id", default=None, help="A backtest run id: trace the events that run kept."),
     option("--json", "as_json", is_flag=True, default=False, help="Print the tree as JSON."),
     option("--within-hours", type=click.FloatRange(min=0, min_open=True), default=24.0, show_default=True,
-           help="Look this far (event time) after the chain's first event."),
+           help="Look this far (event time) around the chain's first event."),
 )
 async def trace(self, event_id: str, run_id: str | None, as_json: bool, within_hours: float) -> None:
     """Print the chain of a decision (or any event of it: tick, signal, order, fill) from the event

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     #: acks=all): 2 of 3 keeps writing with one broker down and loses nothing acknowledged.
     topic_min_insync_replicas: int = Field(1, ge=1)
     #: Retention (hours) of catalogue topics, over the catalogue's defaults (JSON, e.g.
-    #: {"price.ticks": 48, "trade.executed": 720}).
+    #: {"price.ticks": 48, "trade.executed": 720}). Topics one agent reads together (orders and
+    #: execution.requests; sentiment.updates and price.minutes) get the longer of their two.
     topic_retention_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     #: Log lines: ``json`` (one object per line with the handled event's ids: core.logs) or

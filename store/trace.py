@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-#: How far around the first event (ms of event time) a chain's events are looked for.
+#: How far around the chain's first event (ms of event time, either way) its events are looked for.
 DEFAULT_WITHIN_MS = 24 * 3_600_000
 
 
@@ -39,7 +39,7 @@ async def load_chain(pool, event_id: uuid.UUID, run_id: str | None = None,
     in time order: dicts with ``event_id``, ``event_type``, ``timestamp`` (ms), ``token``,
     ``data`` (the event's JSON) and ``stored_ms`` (when the store wrote it; None for backtests).
     ``run_id``: read the events a backtest run kept instead of the live ones. Events of the chain
-    more than ``within_ms`` of event time after its first one are not looked for.
+    more than ``within_ms`` of event time away from its first one are not looked for.
 
     Raises ``LookupError`` when no stored event has that id or correlation id."""
     if run_id is None:
@@ -73,9 +73,11 @@ async def load_chain(pool, event_id: uuid.UUID, run_id: str | None = None,
                 if found is None:
                     raise LookupError(f"no stored event has id or correlation id {event_id}")
                 lo = found["timestamp"]
+        # around the first event: a bar's signals are stamped at its end, before the tick that closed it
+        first_ms = int(lo.timestamp() * 1000)
         rows = await conn.fetch(sql("data->>'correlation_id' = $1 AND timestamp >= $2 AND timestamp < $3", 3)
                                 + " ORDER BY timestamp, event_id LIMIT 10000",
-                                correlation, lo, _ts(int(lo.timestamp() * 1000) + within_ms), *scoped)
+                                correlation, _ts(first_ms - within_ms), _ts(first_ms + within_ms), *scoped)
     out = [_row(dict(r)) for r in rows]
     if root is not None and all(e["event_id"] != str(root["event_id"]) for e in out):
         out.insert(0, _row(dict(root)))

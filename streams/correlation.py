@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPIC_SPECS, app, decode_checked, emit, settings, survive
+from app.main import app, decode_checked, emit, settings, survive
 from app.runtime import correlation as processor
 from core.metrics import PROCESSING_SECONDS
 from models.events import EventError, PriceMinute, SentimentUpdate
 
 _latency = PROCESSING_SECONDS.labels("correlation")
 
+#: Declared with the catalogue's settings (replicas, min.insync.replicas); one retention for both:
+#: the longer of theirs.
 CORRELATION_INPUT = app.topic(settings.topic("sentiment.updates"), settings.topic("price.minutes"),
-                              partitions=3, retention=TOPIC_SPECS["price.minutes"].retention, internal=True,
-                              key_type=bytes, value_type=bytes)
+                              partitions=3, internal=True, key_type=bytes, value_type=bytes,
+                              retention=max(settings.topic_retention("sentiment.updates"),
+                                            settings.topic_retention("price.minutes")),
+                              replicas=settings.topic_replication_factor, config=settings.topic_configs())
 
 
 @app.agent(CORRELATION_INPUT, name="correlation")

@@ -27,7 +27,7 @@ from faust.streams import _current_event
 from faust.types import TP
 from faust.types.tuples import Message
 
-from app.main import OUTPUTS, TOPIC_SPECS, TOPICS, app, emit, encode_event, settings, survive, valid_events
+from app.main import OUTPUTS, TOPICS, app, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
 from core.logs import TRACE, trace_fields
@@ -41,9 +41,13 @@ _fast_latency = PROCESSING_SECONDS.labels("execution.force_close_now")
 ORDERS_TOPIC = settings.topic("orders")
 
 #: The engine's input: re-keyed approvals and the orders topic (for trade.force_close).
+#: Declared with the catalogue's settings (replicas, min.insync.replicas); one retention for both:
+#: the longer of theirs.
 EXECUTION_INPUT = app.topic(settings.topic("execution.requests"), settings.topic("orders"),
-                            partitions=5, retention=TOPIC_SPECS["orders"].retention, internal=True,
-                            key_type=bytes, value_type=bytes)
+                            partitions=5, internal=True, key_type=bytes, value_type=bytes,
+                            retention=max(settings.topic_retention("orders"),
+                                          settings.topic_retention("execution.requests")),
+                            replicas=settings.topic_replication_factor, config=settings.topic_configs())
 
 
 @app.agent(TOPICS["consensus"], name="route_approvals")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from aiokafka.admin import ConfigResource, ConfigResourceType
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from app.local import Stack
 
