@@ -446,6 +446,71 @@ async def trace(self, event_id: str, run_id: str | None, as_json: bool, within_h
     print(json.dumps(tree_json(tree), indent=2) if as_json else render(tree))
 
 
+async def _running_members(group: str) -> int:
+    """Members of a consumer group now (0 when it is empty or unknown)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from app.main import aiokafka_connection
+
+    admin = AIOKafkaAdminClient(**aiokafka_connection())
+    await admin.start()
+    try:
+        for response in await admin.describe_consumer_groups([group]):
+            for g in response.groups:
+                # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                if g[2] not in ("Empty", "Dead", "") and g[5]:
+                    return len(g[5])
+        return 0
+    finally:
+        await admin.close()
+
+
+@app.command(
+    option("--at", default=None, help="Rebuild the state as of this time (ms or ISO-8601 UTC; default: now)."),
+    option("--dry-run", is_flag=True, default=False, help="Print the rebuilt state; write nothing."),
+)
+async def rebuild(self, at: str | None, dry_run: bool) -> None:
+    """Rebuild the account tables (portfolio, execution state, exposures, halt flags, latest
+    prices) from the event store: each account's latest state.snapshot plus the fills and orders
+    stored after it; then write them to the tables' changelog topics. Stop every worker of the app
+    first, and start them again with empty data folders to restore from the rebuilt changelogs."""
+    import asyncpg
+
+    from app.main import aiokafka_connection
+    from processors.portfolio import PortfolioConfig
+    from store.eventstore import UNAVAILABLE, EventStore
+    from store.rebuild import rebuild as rebuild_state
+    from store.rebuild import write_changelogs
+
+    at_ms = _time_ms(at, "--at") if at else int(time.time() * 1000)
+    if not dry_run:
+        try:
+            members = await _running_members(settings.app_id)
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback
+            fail(f"cannot reach Kafka at {settings.kafka_broker}: {type(exc).__name__}: {exc}", 1)
+        if members:
+            fail(f"{members} worker(s) of {settings.app_id} are running: stop them before rebuilding their tables", 1)
+    store = EventStore(settings.database_url)
+    try:
+        stores = await rebuild_state(await store.pool(), PortfolioConfig.from_settings(settings), at_ms)
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        fail(f"cannot read the event store at {settings.database_url.split('@')[-1]}: {type(exc).__name__}: {exc}", 1)
+    finally:
+        await store.close()
+    for account, pf in sorted(stores["portfolio"].items()):
+        positions = ", ".join(f"{t} {p['size']:+g} @ {p['entry_price']:.2f}" for t, p in sorted(pf["positions"].items()))
+        self.say(f"{account}: cash {pf['cash']:,.2f} USD, {pf.get('fills', 0)} fills, realised {pf['realised_pnl']:,.2f} "
+                 f"USD, positions {positions or 'none'}, {len(stores['execution_state'][account]['submitted'])} "
+                 f"submitted order ids, halted {bool((stores['halt'].get(account) or {}).get('halted'))}")
+    self.say(f"latest prices of {len(stores['latest_prices'])} token(s)")
+    if dry_run:
+        return
+    written = await write_changelogs(stores, settings.app_id, aiokafka_connection(), settings.topic_replication_factor,
+                                     settings.topic_min_insync_replicas)
+    self.say("written to the changelogs: " + ", ".join(f"{t} {n}" for t, n in written.items())
+             + "; start the workers with empty data folders (DATA_DIR) to restore from them")
+
+
 @app.command()
 async def migrate(self) -> None:
     """Create or upgrade the event-store schema in PostgreSQL (idempotent)."""

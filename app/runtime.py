@@ -70,7 +70,7 @@ execution = ExecutionProcessor(ExecutionConfig.from_settings(settings),
                                               tables.latest_prices),
                                build_exchange())
 portfolio = PortfolioProcessor(PortfolioConfig.from_settings(settings), tables.portfolio, exposures,
-                               tables.latest_prices)
+                               tables.latest_prices, tables.execution_state, tables.halt)
 
 ALL = (trading, orderflow, whale, risk, halt, consensus, sentiment, correlation, execution, portfolio)
 

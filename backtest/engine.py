@@ -153,7 +153,7 @@ class InProcessEngine:
                                             ExecutionState(st["execution_state"], st["portfolio"], st["halt"],
                                                            st["latest_prices"]), self.exchange)
         self.portfolio = PortfolioProcessor(PortfolioConfig.from_settings(s), st["portfolio"], exposures,
-                                            st["latest_prices"])
+                                            st["latest_prices"], st["execution_state"], st["halt"])
         # The order-flow and whale agents run only when they vote (a weight above 0): a backtest of
         # other agents computes nothing for them.
         self.flow_processors = [

@@ -219,6 +219,10 @@ class Settings(BaseSettings):
     #: CPU priority of the sink process below the worker's (``nice`` increment, 0-19).
     sink_nice: int = Field(10, ge=0, le=19)
 
+    #: The portfolio agent sends a ``state.snapshot`` of an account (what ``faust -A app rebuild``
+    #: restores it from) at its first fill after this many seconds of event time since the last.
+    snapshot_seconds: float = Field(300.0, gt=0)
+
     # --- agent health
     #: A worker whose health checks (those of /health/) do not all pass this many seconds after
     #: it started sends ``system.startup_failure`` naming the failing ones (once).

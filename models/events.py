@@ -260,7 +260,10 @@ class PositionClosed(AccountEvent):
 # ---------------------------------------------------------------- state and system
 class StateEvent(AccountEvent):
     """Portfolio state: ``portfolio_value`` (equity, USD), ``positions`` per token,
-    ``leverage_ratio`` gross notional / equity, ``daily_pnl`` USD since 00:00 UTC (event time)."""
+    ``leverage_ratio`` gross notional / equity, ``daily_pnl`` USD since 00:00 UTC (event time).
+    A ``state.snapshot`` also carries ``snapshot``: everything a rebuild restores the account from
+    (``portfolio``: the portfolio store's value, ``submitted``: the execution engine's client
+    order ids, ``halt``: the account's halt flag)."""
 
     event_type: Literal["state.snapshot", "state.changed"]
     portfolio_value: Finite
@@ -269,6 +272,7 @@ class StateEvent(AccountEvent):
     leverage_ratio: NonNegFloat
     daily_pnl: Finite = 0.0
     delta: dict[str, Any] = Field(default_factory=dict)
+    snapshot: dict[str, Any] | None = None
 
 
 class AgentError(Envelope):

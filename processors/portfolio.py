@@ -6,6 +6,12 @@ Fill application is idempotent on the fill id (``portfolio.applied``, which also
 order ids of applied orders for the execution engine), so a redelivered fill is not counted twice.
 The account's positions are mirrored into the ``exposures`` store, which the risk processor reads
 on every tick. Revocation changes nothing: the state is in the stores.
+
+Snapshots: at an account's first fill ``snapshot_ms`` or more of event time after its last
+snapshot (``portfolio.snapshot_ms``), a ``state.snapshot`` follows the ``state.changed``, carrying
+the portfolio store's value, the execution engine's submitted client order ids (read from the
+``execution_state`` store) and the halt flag: the starting point of ``faust -A app rebuild``
+(:mod:`store.rebuild`), which applies the fills stored after it.
 """
 
 from __future__ import annotations
@@ -26,21 +32,27 @@ class PortfolioConfig:
     initial_cash_usd: float = 100_000.0
     assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
     max_leverage: float = 3.0
+    #: event time (ms) between an account's snapshots; None: no snapshots
+    snapshot_ms: int | None = None
 
     @classmethod
     def from_settings(cls, s) -> "PortfolioConfig":
-        return cls(s.initial_cash_usd, dict(s.assets), s.max_leverage)
+        return cls(s.initial_cash_usd, dict(s.assets), s.max_leverage, int(s.snapshot_seconds * 1000))
 
 
 class PortfolioProcessor:
     name = "portfolio"
     topics = ("trade.executed",)
 
-    def __init__(self, config: PortfolioConfig, portfolio: Store, exposures: ExposureView, latest_prices: Mapping):
+    def __init__(self, config: PortfolioConfig, portfolio: Store, exposures: ExposureView, latest_prices: Mapping,
+                 execution_state: Mapping | None = None, halt: Mapping | None = None):
+        """``execution_state`` and ``halt`` (read) go into snapshots."""
         self.config = config
         self.portfolio = portfolio
         self.exposures = exposures
         self.latest_prices = latest_prices
+        self.execution_state = execution_state if execution_state is not None else {}
+        self.halt = halt if halt is not None else {}
 
     def on_revoked(self, partitions) -> None:
         pass
@@ -84,6 +96,9 @@ class PortfolioProcessor:
                             fill.timestamp, key)
         if key != fill.client_order_id and fill.client_order_id not in pf["applied"]:
             pf["applied"].append(fill.client_order_id)  # the engine's "order already filled" check
+        snapshot = cfg.snapshot_ms is not None and fill.timestamp - pf.get("snapshot_ms", -cfg.snapshot_ms) >= cfg.snapshot_ms
+        if snapshot:
+            pf["snapshot_ms"] = fill.timestamp
         self.portfolio[account] = pf
         self.exposures.set(account, {"cash": pf["cash"], "positions": {
             t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
@@ -109,4 +124,17 @@ class PortfolioProcessor:
                    "fill_price": fill.fill_price, "fee": fill.fee, "client_order_id": fill.client_order_id,
                    "fill_id": key, "seq": pf["fills"], "risk_score": view["risk_score"]},
             **common))
+        if snapshot:
+            out.append(out[-1].model_copy(update={
+                "event_id": derived_id("snapshot", key), "event_type": "state.snapshot",
+                "snapshot": self.snapshot(account, pf)}))
         return out
+
+    def snapshot(self, account: str, pf: dict) -> dict:
+        """What a rebuild restores ``account`` from: the portfolio store's value, the execution
+        engine's submitted client order ids and the halt flag (JSON copies)."""
+        import copy
+
+        ex = self.execution_state.get(account) or {}
+        return {"portfolio": copy.deepcopy(pf), "submitted": list(ex.get("submitted", ())),
+                "halt": copy.deepcopy(self.halt.get(account))}

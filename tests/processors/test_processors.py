@@ -123,6 +123,34 @@ async def test_execution_and_portfolio_processors_place_fill_and_account_once():
     assert exposures.items()[0][0] == "paper"
 
 
+async def test_portfolio_snapshots_on_event_time_carry_what_a_rebuild_needs():
+    """The first fill and the first one SNAPSHOT_SECONDS of event time after the last snapshot are
+    followed by a state.snapshot: the portfolio store's value, the submitted order ids, the halt
+    flag."""
+    stores = {k: {} for k in ("execution_state", "portfolio", "halt", "latest_prices", "exposures")}
+    exposures = ExposureView(stores["exposures"], refresh_s=float("inf"))
+    ex = ExecutionProcessor(ExecutionConfig(), ExecutionState(stores["execution_state"], stores["portfolio"],
+                                                              stores["halt"], stores["latest_prices"]),
+                            PaperExchange(slippage_bps=0.0))
+    pf = PortfolioProcessor(PortfolioConfig(snapshot_ms=60_000), stores["portfolio"], exposures,
+                            stores["latest_prices"], stores["execution_state"], stores["halt"])
+    kinds = []
+    for i, (dt, action) in enumerate([(0, "BUY"), (30_000, "SELL"), (61_000, "BUY")]):
+        d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0 + dt,
+                              token="BTC", source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                              recommended_action=action, window_start=T0 + dt, window_end=T0 + dt + 5000,
+                              price=50_000.0)
+        fill = (await ex.process(d, account="paper"))[-1]
+        out = pf.process(fill)
+        kinds.append([e.event_type for e in out if e.event_type.startswith("state.")])
+        if out[-1].event_type == "state.snapshot":
+            snap = out[-1].snapshot
+            assert snap["portfolio"] == stores["portfolio"]["paper"]
+            assert snap["submitted"] == stores["execution_state"]["paper"]["submitted"]
+            assert snap["portfolio"]["snapshot_ms"] == fill.timestamp
+    assert kinds == [["state.changed", "state.snapshot"], ["state.changed"], ["state.changed", "state.snapshot"]]
+
+
 def test_risk_processor_force_closes_once_and_halt_processor_keeps_the_flag():
     exposures = ExposureView({}, refresh_s=float("inf"))
     exposures.set("acct", {"cash": -400_000.0, "positions": {"BTC": {"size": 10.0, "entry_price": 50_000.0,

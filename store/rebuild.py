@@ -1,0 +1,141 @@
+"""Rebuild the worker's account tables from the event store: the event log, not the changelogs,
+is the source of truth.
+
+For each account: its latest ``state.snapshot`` at or before the chosen time (none: a new
+account), then every ``trade.executed`` stored after it, applied by the portfolio processor
+itself over dicts, in the order the live processor applied them (each fill's ``state.changed``
+records its sequence number; fills without one go last, in time order); the execution engine's
+submitted client order ids are the snapshot's plus those of the ``trade.placed`` orders after it
+(the last ``submitted_memory``); the halt flag is the snapshot's, moved on by the ``risk.alert``
+and ``risk.ok`` events after it. The latest price of every token is its last stored tick.
+
+:func:`write_changelogs` then produces the rebuilt values to the tables' changelog topics (key:
+the account or token, raw; value: JSON; partition: Kafka's default partitioner, as the agents'
+writes land), creating any changelog that is missing as a compacted topic. A worker started with
+an empty data folder restores its tables from them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+
+from models.events import RiskEvent, TradeExecuted
+from processors.base import ExposureView
+from processors.portfolio import PortfolioConfig, PortfolioProcessor
+from processors.risk import HaltProcessor
+
+#: table -> its changelog's partitions (tables/__init__.py)
+TABLE_PARTITIONS = {"portfolio": 5, "execution_state": 5, "exposures": 5, "halt": 3, "latest_prices": 10}
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000.0, timezone.utc)
+
+
+async def _events(conn, types: list[str], lo_ms: int, hi_ms: int, account: str | None = None) -> list[dict]:
+    sql = ("SELECT data::text AS data FROM events WHERE event_type = ANY($1::text[]) AND timestamp >= $2 "
+           "AND timestamp <= $3")
+    args: list = [types, _ts(lo_ms), _ts(hi_ms)]
+    if account is not None:
+        sql += " AND data->>'account' = $4"
+        args.append(account)
+    rows = await conn.fetch(sql + " ORDER BY timestamp, event_id", *args)
+    return [orjson.loads(r["data"]) for r in rows]
+
+
+async def rebuild(pool, config: PortfolioConfig, at_ms: int, submitted_memory: int = 500) -> dict[str, dict]:
+    """The tables' values at ``at_ms`` (ms, event time) from the store: ``{"portfolio": {account:
+    value}, "execution_state": ..., "exposures": ..., "halt": ..., "latest_prices": {token: value}}``.
+    Raises asyncpg/OSError errors when the store fails."""
+    stores: dict[str, dict] = {name: {} for name in TABLE_PARTITIONS}
+    async with pool.acquire() as conn:
+        accounts = [r["a"] for r in await conn.fetch(
+            "SELECT DISTINCT data->>'account' AS a FROM events WHERE event_type IN ('trade.executed', 'state.snapshot') "
+            "AND timestamp <= $1", _ts(at_ms))]
+        for account in sorted(a for a in accounts if a):
+            snap = await conn.fetchrow(
+                "SELECT data::text AS data FROM events WHERE event_type = 'state.snapshot' AND timestamp <= $1 "
+                "AND data->>'account' = $2 ORDER BY timestamp DESC, event_id DESC LIMIT 1", _ts(at_ms), account)
+            snapshot = orjson.loads(snap["data"])["snapshot"] if snap else None
+            since = orjson.loads(snap["data"])["timestamp"] if snap else 0
+            await _rebuild_account(conn, stores, config, account, snapshot, since, at_ms, submitted_memory)
+        for r in await conn.fetch(
+                "SELECT DISTINCT ON (token) token, timestamp, data->>'price' AS price FROM events "
+                "WHERE event_type = 'price.tick' AND timestamp <= $1 AND token IS NOT NULL "
+                "ORDER BY token, timestamp DESC", _ts(at_ms)):
+            stores["latest_prices"][r["token"]] = {"price": float(r["price"]),
+                                                   "ts": int(r["timestamp"].timestamp() * 1000)}
+    return stores
+
+
+async def _rebuild_account(conn, stores: dict, config: PortfolioConfig, account: str, snapshot: dict | None,
+                           since: int, at_ms: int, submitted_memory: int) -> None:
+    portfolio, halt = stores["portfolio"], stores["halt"]
+    if snapshot is not None:
+        portfolio[account] = snapshot["portfolio"]
+        if snapshot.get("halt"):
+            halt[account] = snapshot["halt"]
+    submitted = list(snapshot["submitted"]) if snapshot else []
+    processor = PortfolioProcessor(config, portfolio, ExposureView(stores["exposures"], refresh_s=float("inf")),
+                                   stores["latest_prices"], stores["execution_state"], halt)
+    # the order the live processor applied the fills in: each fill's state.changed has its sequence
+    seq = {e["delta"]["fill_id"]: e["delta"].get("seq", 0)
+           for e in await _events(conn, ["state.changed"], since, at_ms, account) if e.get("delta", {}).get("fill_id")}
+    fills = await _events(conn, ["trade.executed"], since, at_ms, account)
+    fills.sort(key=lambda f: (seq.get(f.get("fill_id") or f["client_order_id"], float("inf")), f["timestamp"],
+                              f["event_id"]))
+    for f in fills:
+        processor.on_fill(TradeExecuted.model_validate(f))  # already applied ones (the snapshot's) are skipped
+    if account in portfolio:
+        pf = portfolio[account]
+        processor.exposures.set(account, {"cash": pf["cash"], "positions": {
+            t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
+            for t, p in pf["positions"].items()}})
+    for e in await _events(conn, ["trade.placed"], since, at_ms, account):
+        if e["client_order_id"] not in submitted:
+            submitted.append(e["client_order_id"])
+    stores["execution_state"][account] = {"inflight": {}, "submitted": submitted[-submitted_memory:]}
+    halts = HaltProcessor(halt)
+    for e in await _events(conn, ["risk.alert", "risk.ok"], since + 1 if snapshot else 0, at_ms, account):
+        halts.apply(RiskEvent.model_validate(e))
+
+
+async def write_changelogs(stores: dict[str, dict], app_id: str, conn: dict, replicas: int = 1,
+                           min_insync: int = 1) -> dict[str, int]:
+    """Produce ``stores`` (as :func:`rebuild` gives them) to ``<app_id>-<table>-changelog``;
+    returns the records written per table. ``conn``: aiokafka connection arguments."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.partitioner import murmur2
+
+    from app.kafka import wait_until_listed
+
+    topics = {table: f"{app_id}-{table}-changelog" for table in stores}
+    admin = AIOKafkaAdminClient(**conn)
+    await admin.start()
+    try:
+        missing = sorted(set(topics.values()) - set(await admin.list_topics()))
+        if missing:
+            by_topic = {t: name for name, t in topics.items()}
+            await admin.create_topics([NewTopic(t, TABLE_PARTITIONS[by_topic[t]], replicas, topic_configs={
+                "cleanup.policy": "compact", "min.insync.replicas": str(min_insync)}) for t in missing])
+            await wait_until_listed(admin._client, missing)
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(acks="all", **conn)
+    await producer.start()
+    written: dict[str, int] = {}
+    try:
+        for table, values in stores.items():
+            n = TABLE_PARTITIONS[table]
+            for key, value in values.items():
+                raw = key.encode()
+                await producer.send(topics[table], orjson.dumps(value), key=raw,
+                                    partition=(murmur2(raw) & 0x7FFFFFFF) % n)
+            written[table] = len(values)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return written
