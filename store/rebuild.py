@@ -2,11 +2,15 @@
 is the source of truth.
 
 For each account: its latest ``state.snapshot`` at or before the chosen time (none: a new
-account), then every ``trade.executed`` stored after it, applied by the portfolio processor
-itself over dicts, in the order the live processor applied them (each fill's ``state.changed``
-records its sequence number; fills without one go last, in time order); the execution engine's
-submitted client order ids are the snapshot's plus those of the ``trade.placed`` orders after it
-(the last ``submitted_memory``); the halt flag is the snapshot's, moved on by the ``risk.alert``
+account), then every ``trade.executed`` the live agent applied after it, applied by the portfolio
+processor itself over dicts, in the order the live agent applied them: each fill's
+``state.changed`` records its sequence number (the account's fill count after it), so the fills
+above the snapshot's count are the ones to apply, even one stamped before the snapshot (fills of
+different tokens arrive in arrival order, not event-time order; looked for up to
+``REORDER_LOOKBACK_MS`` before it); a fill without a stored ``state.changed`` counts when it is
+not in the snapshot's applied list and is stamped after it. The execution engine's submitted
+client order ids are the snapshot's plus those of these fills and of the ``trade.placed`` orders
+after it (the last ``submitted_memory``); the halt flag is the snapshot's, moved on by the ``risk.alert``
 and ``risk.ok`` events after it. The latest price of every token is its last stored tick.
 
 :func:`write_changelogs` then produces the rebuilt values to the tables' changelog topics (key:
@@ -25,6 +29,10 @@ from models.events import RiskEvent, TradeExecuted
 from processors.base import ExposureView
 from processors.portfolio import PortfolioConfig, PortfolioProcessor
 from processors.risk import HaltProcessor
+
+#: How far before a snapshot (event time, ms) a fill applied after it may be stamped: fills of
+#: different tokens reach the portfolio agent in arrival order, not event-time order.
+REORDER_LOOKBACK_MS = 24 * 3_600_000
 
 #: table -> its changelog's partitions (tables/__init__.py)
 TABLE_PARTITIONS = {"portfolio": 5, "execution_state": 5, "exposures": 5, "halt": 3, "latest_prices": 10}
@@ -80,22 +88,36 @@ async def _rebuild_account(conn, stores: dict, config: PortfolioConfig, account:
     submitted = list(snapshot["submitted"]) if snapshot else []
     processor = PortfolioProcessor(config, portfolio, ExposureView(stores["exposures"], refresh_s=float("inf")),
                                    stores["latest_prices"], stores["execution_state"], halt)
-    # the order the live processor applied the fills in: each fill's state.changed has its sequence
+    # Which fills came after the snapshot, and in what order: the live processor applied them in
+    # arrival order, which across tokens is not event-time order (a fill stamped before the
+    # snapshot can be applied after it). Each fill's state.changed records its sequence number
+    # (the account's fill count after it): those above the snapshot's count came after it.
+    base = (snapshot["portfolio"].get("fills", 0) if snapshot else 0)
+    lo = max(0, since - REORDER_LOOKBACK_MS) if snapshot else 0
     seq = {e["delta"]["fill_id"]: e["delta"].get("seq", 0)
-           for e in await _events(conn, ["state.changed"], since, at_ms, account) if e.get("delta", {}).get("fill_id")}
-    fills = await _events(conn, ["trade.executed"], since, at_ms, account)
+           for e in await _events(conn, ["state.changed"], lo, at_ms, account) if e.get("delta", {}).get("fill_id")}
+    applied = set(portfolio[account]["applied"]) if account in portfolio else set()
+
+    def after_snapshot(f: dict) -> bool:
+        key = f.get("fill_id") or f["client_order_id"]
+        if key in seq:
+            return seq[key] > base
+        return key not in applied and f["timestamp"] >= since  # no state.changed stored: by time
+
+    fills = [f for f in await _events(conn, ["trade.executed"], lo, at_ms, account) if after_snapshot(f)]
     fills.sort(key=lambda f: (seq.get(f.get("fill_id") or f["client_order_id"], float("inf")), f["timestamp"],
                               f["event_id"]))
     for f in fills:
-        processor.on_fill(TradeExecuted.model_validate(f))  # already applied ones (the snapshot's) are skipped
+        processor.on_fill(TradeExecuted.model_validate(f))
     if account in portfolio:
         pf = portfolio[account]
         processor.exposures.set(account, {"cash": pf["cash"], "positions": {
             t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
             for t, p in pf["positions"].items()}})
-    for e in await _events(conn, ["trade.placed"], since, at_ms, account):
-        if e["client_order_id"] not in submitted:
-            submitted.append(e["client_order_id"])
+    placed = [e["client_order_id"] for e in await _events(conn, ["trade.placed"], since, at_ms, account)]
+    for cloid in [f["client_order_id"] for f in fills] + placed:
+        if cloid not in submitted:
+            submitted.append(cloid)
     stores["execution_state"][account] = {"inflight": {}, "submitted": submitted[-submitted_memory:]}
     halts = HaltProcessor(halt)
     for e in await _events(conn, ["risk.alert", "risk.ok"], since + 1 if snapshot else 0, at_ms, account):

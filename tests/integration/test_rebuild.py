@@ -1,7 +1,9 @@
 """The event log rebuilds the state: after the bundled sample went through a worker, every
 changelog topic and the worker's local state are deleted; ``faust -A app rebuild`` restores the
 account tables from the latest snapshots plus the fills after them in the event store, and a new
-worker serves the same portfolio, positions and dedupe set as before."""
+worker serves the same portfolio, positions and dedupe set as before. (On this sample a BTC fill
+stamped before the last snapshot reaches the portfolio agent after it: the rebuild applies fills
+in the order the live agent did, by the sequence numbers their state.changed events record.)"""
 
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ def read_table(stack: Stack, table: str) -> dict:
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             out: dict = {}
-            while any(await consumer.position(tp) < end[tp] for tp in tps):
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+            while await behind():
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
                     for r in records:
                         out[r.key.decode()] = orjson.loads(r.value) if r.value is not None else None
