@@ -67,7 +67,7 @@ from app.dashboard import STATIC, hub
 from app.main import app, emit, settings
 from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
 from app.sla import emit_due
-from models.events import ControlAction, OrderEvent, RiskEvent, StartupFailure, derived_id, new_event_id
+from models.events import AgentLagging, ControlAction, OrderEvent, RiskEvent, StartupFailure, derived_id, new_event_id
 from streams.portfolio import portfolio_view
 from store.eventstore import UNAVAILABLE
 from streams.sink import health as sink_health
@@ -260,19 +260,75 @@ class Trace(View):
         return self.json({"event_id": event_id, "events": len(events), "tree": as_json(build_tree(events))})
 
 
-def _update_lag() -> None:
+def _update_lag() -> dict:
+    """Messages behind the high watermark per assigned partition (also set in the gauge)."""
     consumer = app.consumer
     try:
         assignment = consumer.assignment()
     except Exception:  # noqa: BLE001 - not started yet
-        return
+        return {}
+    lags = {}
     for tp in assignment:
-        hw = consumer.highwater(tp)
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked while we look (a rebalance): skip it
+            continue
         read = consumer._read_offset.get(tp)  # last offset this worker read (Faust keeps it per partition)
         if hw is None:
             continue
-        lag = hw - (read + 1 if read is not None else 0)
-        CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+        lags[tp] = lag = max(hw - (read + 1 if read is not None else 0), 0)
+        CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+    return lags
+
+
+class LagReporter:
+    """``agent.lagging`` for every agent input partition at least ``threshold`` messages behind,
+    at most once per ``every_s`` seconds per partition while it stays behind."""
+
+    def __init__(self, threshold: int, every_s: float = 60.0) -> None:
+        self.threshold = threshold
+        self.every_s = every_s
+        self.reported: dict = {}  # TopicPartition -> monotonic time of its last report
+
+    def due(self, lags: dict, agent_of: dict, now: float) -> list[AgentLagging]:
+        out = []
+        for tp, lag in lags.items():
+            agent = agent_of.get(tp.topic)
+            if agent is None or lag < self.threshold:
+                continue
+            if now - self.reported.get(tp, -self.every_s) < self.every_s:
+                continue
+            self.reported[tp] = now
+            out.append(AgentLagging(event_id=new_event_id(), timestamp=int(time.time() * 1000),
+                                    source=f"worker:{settings.web_port}", agent=agent, topic=tp.topic,
+                                    partition=tp.partition, lag=lag, threshold=self.threshold))
+        return out
+
+
+lag_reporter = LagReporter(settings.agent_lag_threshold)
+
+
+def _agent_inputs() -> dict[str, str]:
+    """Topic name -> name of the agent that reads it."""
+    out = {}
+    for name, agent in app.agents.items():
+        for topic in getattr(agent.channel, "topics", ()):
+            out[topic] = name.rsplit(".", 1)[-1]
+    return out
+
+
+@app.timer(5.0)
+async def _report_lagging() -> None:
+    if app.rebalancing:
+        return  # partitions are moving: positions and high watermarks mean nothing yet
+    try:
+        due = lag_reporter.due(_update_lag(), _agent_inputs(), time.monotonic())
+        for event in due:
+            log.warning("agent %s is %d messages behind on %s[%d]", event.agent, event.lag, event.topic,
+                        event.partition)
+            await emit(event)
+    except Exception:  # noqa: BLE001 - a health report must never take the worker down
+        log.exception("agent.lagging check failed")
 
 
 @app.timer(1.0)

@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     #: A worker whose health checks (those of /health/) do not all pass this many seconds after
     #: it started sends ``system.startup_failure`` naming the failing ones (once).
     startup_timeout_seconds: float = Field(180.0, gt=0)
+    #: Messages an agent's input partition may be behind its high watermark before the worker
+    #: sends ``agent.lagging`` (checked every 5 s, at most once a minute per partition).
+    agent_lag_threshold: int = Field(10_000, ge=1)
 
     # --- web: access control, dashboard, SLA
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as

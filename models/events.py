@@ -293,6 +293,19 @@ class StartupFailure(Envelope):
     waited_s: NonNegFloat = 0.0
 
 
+class AgentLagging(Envelope):
+    """A partition of ``topic`` whose agent is ``lag`` messages behind the partition's high
+    watermark, at least ``threshold`` (``AGENT_LAG_THRESHOLD``); sent by the worker that owns the
+    partition, at most once a minute per partition while it stays behind."""
+
+    event_type: Literal["agent.lagging"] = "agent.lagging"
+    agent: str
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    lag: Annotated[int, Field(ge=0)]
+    threshold: Annotated[int, Field(ge=1)]
+
+
 class SlaViolation(Envelope):
     """An observation over its SLA limit (``value`` and ``limit`` in ms); ``breaches`` is how
     many breaches since the previous event of this metric this one stands for (the worst value)."""
@@ -361,6 +374,7 @@ Event = Annotated[
         StateEvent,
         AgentError,
         StartupFailure,
+        AgentLagging,
         SlaViolation,
         ControlAction,
         BacktestReport,

@@ -79,6 +79,7 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "state.changed": "state.changes",
     "agent.error": "system",
     "system.startup_failure": "system",
+    "agent.lagging": "system",
     "metric.sla_violation": "system",
     "control.action": "system",
     "backtest.report": "system",

@@ -49,14 +49,23 @@ def test_survivor_serves_every_view_with_the_killed_workers_state(tmp_path, fres
         assignment = wait_until(split, 90, "both workers in the assignment", retry_on=(OSError, ValueError))
         stack.feed(SAMPLE, "max")
 
+        last: dict = {}
+
         def settled():
             a, b = views(w1), views(w2)
+            last.update(a=a, b=b)
             if a["/portfolio/"].get("fills", 0) < 3 or a != b:
                 return False
             time.sleep(2)
             return views(w1) == a == views(w2) and a
-        before = wait_until(settled, 180, "both replicas answering every view alike",
-                            retry_on=(OSError, ValueError))
+        try:
+            before = wait_until(settled, 180, "both replicas answering every view alike",
+                                retry_on=(OSError, ValueError))
+        except AssertionError:
+            a, b = last.get("a", {}), last.get("b", {})
+            diff = {p: (a.get(p), b.get(p)) for p in VIEWS if a.get(p) != b.get(p)}
+            raise AssertionError(f"replicas never agreed: fills {a.get('/portfolio/', {}).get('fills')}; "
+                                 f"differing views: {str(diff)[:3000]}") from None
         assert before["/indicators/BTC/"]["token"] == "BTC" and before["/indicators/ETH/"]["token"] == "ETH"
         assert before["/trades/"]["events"] and before["/signals/"]["events"]
 

@@ -5,6 +5,7 @@ metadata lists it (app.kafka)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -96,5 +97,39 @@ def test_a_worker_not_ready_in_time_says_which_checks_fail(tmp_path):
         assert event["checks"]["database"] is False and "database" in event["reason"]
         assert event["waited_s"] >= 8 and event["worker"].endswith(f":{w.env['WEB_PORT']}")
         assert "not ready" in w.log_tail(10**7)
+    finally:
+        stack.stop()
+
+
+def test_a_worker_behind_on_its_input_sends_agent_lagging(tmp_path, database_url):
+    """A worker started on a pre-loaded tick topic is thousands of messages behind at first: it
+    says so with ``agent.lagging`` on the system topic (agent, partition, lag, threshold)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from app.local import SAMPLE
+
+    stack = Stack(tmp_path, database_url, AGENT_LAG_THRESHOLD="200")
+    try:
+        stack.declare_topics()
+        stack.feed(SAMPLE, "max")
+        stack.worker().start(wait=120)
+        prefix = stack.env["TOPIC_PREFIX"]
+
+        async def lagging() -> list[dict]:
+            consumer = AIOKafkaConsumer(prefix + "system", bootstrap_servers=BROKER, auto_offset_reset="earliest")
+            await consumer.start()
+            try:
+                got = await consumer.getmany(timeout_ms=3000, max_records=10_000)
+                events = [json.loads(m.value) for msgs in got.values() for m in msgs]
+                return [e for e in events if e.get("event_type") == "agent.lagging"]
+            finally:
+                await consumer.stop()
+
+        events = wait_until(lambda: asyncio.run(lagging()), 60, "an agent.lagging event")
+        e = events[0]
+        assert e["agent"] == "ticks" and e["topic"] == prefix + "price.ticks"
+        assert e["lag"] >= e["threshold"] == 200 and e["partition"] >= 0
+        per_partition = [(x["topic"], x["partition"]) for x in events]
+        assert len(per_partition) == len(set(per_partition)), "at most one a minute per partition"
     finally:
         stack.stop()
