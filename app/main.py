@@ -22,8 +22,8 @@ from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUC
 from core.logs import current_event_id, logging_config, trace_fields, tracing
 from core.redact import install_redaction
 from core.settings import get_settings
-from models.events import (AgentError, Envelope, EventError, dead_letter_event,  # noqa: F401  (re-exported)
-                           decode_checked_at, derived_id, encode_event)
+from models.events import (AgentError, AgentLagging, Envelope, EventError, dead_letter_event,  # noqa: F401  (re-exported)
+                           decode_checked_at, derived_id, encode_event, new_event_id)
 from models.topics import TOPIC_OF_EVENT, TOPIC_SPECS, key_of  # noqa: F401  (re-exported for the app's modules)
 
 log = logging.getLogger("moondev")
@@ -213,21 +213,54 @@ class survive:
     def __init__(self, agent: str, event, decoded: Envelope | None = None) -> None:
         self.agent, self.event, self.decoded = agent, event, decoded
         self._trace = None
+        self._t0 = 0.0
 
     async def __aenter__(self) -> "survive":
         # every log line and every emitted event of this handling names the event (core.logs)
         self._trace = tracing(trace_fields(self.agent, self.decoded))
         self._trace.__enter__()
+        self._t0 = time.perf_counter()
         return self
 
     async def __aexit__(self, typ, exc, tb) -> bool:
         try:
+            elapsed_ms = (time.perf_counter() - self._t0) * 1000.0
+            if elapsed_ms >= settings.agent_slow_ms:
+                await slow_messages.report(self.agent, self.event.message, elapsed_ms)
             if exc is None or not isinstance(exc, Exception):
                 return False  # CancelledError and KeyboardInterrupt are BaseExceptions: not ours
             await report_error(self.agent, self.event.message, exc, self.decoded)
             return True
         finally:
             self._trace.__exit__(None, None, None)
+
+
+class SlowMessages:
+    """``agent.lagging`` (reason processing_time) for a message whose handling took at least
+    AGENT_SLOW_MS, at most once per ``every_s`` seconds per agent."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.reported: dict[str, float] = {}  # agent -> monotonic time of its last report
+
+    async def report(self, agent: str, message, elapsed_ms: float) -> None:
+        now = time.monotonic()
+        if now - self.reported.get(agent, -self.every_s) < self.every_s:
+            return
+        self.reported[agent] = now
+        log.warning("agent %s took %.0f ms on %s[%s]@%s", agent, elapsed_ms, message.topic, message.partition,
+                    message.offset)
+        try:
+            await emit(AgentLagging(event_id=new_event_id(), timestamp=int(time.time() * 1000),
+                                    source=f"worker:{settings.web_port}", agent=agent, reason="processing_time",
+                                    topic=message.topic, partition=message.partition,
+                                    processing_ms=round(elapsed_ms, 1), threshold=settings.agent_slow_ms))
+        except Exception:  # noqa: BLE001 - a health report must not take the agent down
+            log.exception("could not send agent.lagging for %s", agent)
+
+
+#: The worker's reporter of slow messages (one per process; app/ assembles, processors hold none).
+slow_messages = SlowMessages()
 
 
 async def report_error(agent: str, message, exc: BaseException, decoded: Envelope | None = None) -> None:

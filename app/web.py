@@ -300,8 +300,8 @@ class LagReporter:
                 continue
             self.reported[tp] = now
             out.append(AgentLagging(event_id=new_event_id(), timestamp=int(time.time() * 1000),
-                                    source=f"worker:{settings.web_port}", agent=agent, topic=tp.topic,
-                                    partition=tp.partition, lag=lag, threshold=self.threshold))
+                                    source=f"worker:{settings.web_port}", agent=agent, reason="consumer_lag",
+                                    topic=tp.topic, partition=tp.partition, lag=lag, threshold=self.threshold))
         return out
 
 

@@ -230,6 +230,9 @@ class Settings(BaseSettings):
     #: Messages an agent's input partition may be behind its high watermark before the worker
     #: sends ``agent.lagging`` (checked every 5 s, at most once a minute per partition).
     agent_lag_threshold: int = Field(10_000, ge=1)
+    #: A message whose handling takes this long (ms) makes the worker send ``agent.lagging``
+    #: (reason processing_time; at most once a minute per agent).
+    agent_slow_ms: float = Field(1000.0, gt=0)
 
     # --- web: access control, dashboard, SLA
     #: Bearer token for the control endpoints (halt, resume, close-all); its holder is audited as

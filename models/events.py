@@ -294,16 +294,20 @@ class StartupFailure(Envelope):
 
 
 class AgentLagging(Envelope):
-    """A partition of ``topic`` whose agent is ``lag`` messages behind the partition's high
-    watermark, at least ``threshold`` (``AGENT_LAG_THRESHOLD``); sent by the worker that owns the
-    partition, at most once a minute per partition while it stays behind."""
+    """An agent falling behind, for one of two ``reason``s: ``consumer_lag``, a partition of
+    ``topic`` whose agent is ``lag`` messages behind its high watermark, at least ``threshold``
+    (AGENT_LAG_THRESHOLD; at most once a minute per partition while it stays behind); or
+    ``processing_time``, one message whose handling took ``processing_ms`` (ms), at least
+    ``threshold`` (AGENT_SLOW_MS; at most once a minute per agent)."""
 
     event_type: Literal["agent.lagging"] = "agent.lagging"
     agent: str
+    reason: Literal["consumer_lag", "processing_time"] = "consumer_lag"
     topic: str
-    partition: Annotated[int, Field(ge=0)]
-    lag: Annotated[int, Field(ge=0)]
-    threshold: Annotated[int, Field(ge=1)]
+    partition: Annotated[int, Field(ge=0)] | None = None
+    lag: Annotated[int, Field(ge=0)] | None = None
+    processing_ms: NonNegFloat | None = None
+    threshold: Annotated[float, Field(gt=0)]
 
 
 class SlaViolation(Envelope):

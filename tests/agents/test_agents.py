@@ -202,3 +202,18 @@ async def test_risk_agent_marks_to_market_and_alerts_above_max_leverage(outputs)
     assert alerts[0][0] == b"paper" and alerts[0][1]["metrics"]["leverage"] == pytest.approx(6.0)
     assert alerts[0][1]["violation_type"] == "max_leverage"
     assert latest_prices.get("BTC")["price"] == 60_000.0
+
+
+async def test_a_slow_message_is_reported_as_agent_lagging_once_a_minute(outputs, monkeypatch):
+    """A message whose handling takes AGENT_SLOW_MS or more: ``agent.lagging`` with reason
+    processing_time, the agent, where the message was and how long it took; at most once a
+    minute per agent."""
+    monkeypatch.setattr(main.settings, "agent_slow_ms", 0.001)
+    monkeypatch.setattr(main.slow_messages, "reported", {})
+    good = PriceTick(event_id=new_event_id(), timestamp=T0, token="BTC", source="test", price=1.0)
+    async with trading.test_context() as agent:
+        await agent.put(value=encode_event(good), key=b"BTC")
+        await agent.put(value=encode_event(good.model_copy(update={"timestamp": T0 + 1000})), key=b"BTC")
+    [lagging] = outputs["system"].of("agent.lagging")
+    assert (lagging["agent"], lagging["reason"]) == ("ticks", "processing_time")
+    assert lagging["processing_ms"] >= lagging["threshold"] == 0.001 and lagging["topic"].endswith("price.ticks")
