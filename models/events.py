@@ -21,7 +21,7 @@ import uuid
 from typing import Annotated, Any, Literal, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 #: Namespace for deterministic event ids (uuid5): a replayed decision gets the same id again.
 EVENT_NAMESPACE = uuid.UUID("6f1c0d0e-9a51-4d5e-9a55-3c1f0b7a1d01")
@@ -52,6 +52,36 @@ def derived_id(*parts: object) -> uuid.UUID:
     return u
 
 
+#: JSON integers as the wire format carries them (orjson encodes 64-bit integers only)
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+I64 = Annotated[int, Field(ge=I64_MIN, le=I64_MAX)]
+NonNegI64 = Annotated[int, Field(ge=0, le=I64_MAX)]
+
+
+def _wire_safe(value: Any) -> Any:
+    """``value`` (JSON) if every integer in it fits 64 bits and every float is finite, so that
+    the event can be written back out; else ``ValueError``."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        if isinstance(v, int):
+            if not I64_MIN <= v <= I64_MAX:
+                raise ValueError("integer outside the 64-bit range")
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError("non-finite number")
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return value
+
+
+#: A JSON object field of free shape (metrics, context, positions, ...), wire-safe.
+JsonDict = Annotated[dict[str, Any], AfterValidator(_wire_safe)]
+
 Side = Literal["BUY", "SELL"]
 Action = Literal["BUY", "SELL", "HOLD"]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -66,13 +96,13 @@ class Envelope(BaseModel):
 
     event_id: uuid.UUID
     event_type: str
-    timestamp: Annotated[int, Field(ge=0, description="event time, ms since epoch UTC")]
+    timestamp: Annotated[int, Field(ge=0, le=I64_MAX, description="event time, ms since epoch UTC")]
     token: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     source: Annotated[str, Field(min_length=1, max_length=64)]
     correlation_id: uuid.UUID | None = None
     #: The event whose handling produced this one (set by the runtime that routes it).
     causation_id: uuid.UUID | None = None
-    ingest_ms: Annotated[int, Field(ge=0)] | None = None
+    ingest_ms: NonNegI64 | None = None
 
 
 class TokenEvent(Envelope):
@@ -109,7 +139,7 @@ class PriceMinute(TokenEvent):
 
 class LiquidationEvent(TokenEvent):
     event_type: Literal["liquidation.event"] = "liquidation.event"
-    liquidation_count: Annotated[int, Field(ge=0)]
+    liquidation_count: NonNegI64
     notional: NonNegFloat
     side: Side
     cascade_indicator: Finite = 0.0
@@ -120,7 +150,7 @@ class SentimentUpdate(TokenEvent):
     bullish_pct: Annotated[float, Field(ge=0, le=100)]
     velocity: Finite = 0.0
     confidence: Annotated[float, Field(ge=0, le=1)]
-    followers: Annotated[int, Field(ge=0)] = 0
+    followers: NonNegI64 = 0
     text_source: str | None = None
 
 
@@ -150,7 +180,7 @@ class SignalGenerated(TokenEvent):
     agent: str
     reasons: list[str] = Field(default_factory=list)
     price: PositiveFloat | None = None
-    indicators: dict[str, float | None] = Field(default_factory=dict)
+    indicators: dict[str, Finite | None] = Field(default_factory=dict)
 
 
 class SignalError(TokenEvent):
@@ -167,9 +197,9 @@ class ConsensusDecision(TokenEvent):
     contributing_agents: list[str]
     recommended_action: Action
     signal_ids: list[uuid.UUID] = Field(default_factory=list)
-    weights: dict[str, float] = Field(default_factory=dict)
-    window_start: int
-    window_end: int
+    weights: dict[str, Finite] = Field(default_factory=dict)
+    window_start: I64
+    window_end: I64
     price: PositiveFloat | None = None
     reason: str | None = None
     #: Confidence (0-1): the confidence-weighted mean of the signals' confidences (domain.consensus);
@@ -187,7 +217,7 @@ class RiskEvent(AccountEvent):
     severity: Literal["INFO", "WARNING", "CRITICAL"]
     violation_type: str | None = None
     action_required: str | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: JsonDict = Field(default_factory=dict)
 
 
 class CorrelationDetected(TokenEvent):
@@ -195,7 +225,7 @@ class CorrelationDetected(TokenEvent):
     coefficient: Annotated[float, Field(ge=-1, le=1)]
     window: str
     direction: Literal["positive", "negative"]
-    points: Annotated[int, Field(ge=0)] = 0
+    points: NonNegI64 = 0
     #: The trade the correlation points to given the latest sentiment (BUY/SELL), if any.
     action: Action | None = None
     #: Follower-weighted bullish share (%) of the latest point.
@@ -268,18 +298,18 @@ class StateEvent(AccountEvent):
     event_type: Literal["state.snapshot", "state.changed"]
     portfolio_value: Finite
     cash: Finite
-    positions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    positions: dict[str, JsonDict] = Field(default_factory=dict)
     leverage_ratio: NonNegFloat
     daily_pnl: Finite = 0.0
-    delta: dict[str, Any] = Field(default_factory=dict)
-    snapshot: dict[str, Any] | None = None
+    delta: JsonDict = Field(default_factory=dict)
+    snapshot: JsonDict | None = None
 
 
 class AgentError(Envelope):
     event_type: Literal["agent.error"] = "agent.error"
     agent: str
     error: str
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: JsonDict = Field(default_factory=dict)
 
 
 class StartupFailure(Envelope):
@@ -304,8 +334,8 @@ class AgentLagging(Envelope):
     agent: str
     reason: Literal["consumer_lag", "processing_time"] = "consumer_lag"
     topic: str
-    partition: Annotated[int, Field(ge=0)] | None = None
-    lag: Annotated[int, Field(ge=0)] | None = None
+    partition: NonNegI64 | None = None
+    lag: NonNegI64 | None = None
     processing_ms: NonNegFloat | None = None
     threshold: Annotated[float, Field(gt=0)]
 
@@ -316,10 +346,10 @@ class SlaViolation(Envelope):
 
     event_type: Literal["metric.sla_violation"] = "metric.sla_violation"
     metric: str
-    value: float
-    limit: float
-    breaches: Annotated[int, Field(ge=1)] = 1
-    first_breach_ms: int | None = None
+    value: Finite
+    limit: Finite
+    breaches: Annotated[int, Field(ge=1, le=I64_MAX)] = 1
+    first_breach_ms: I64 | None = None
 
 
 class ControlAction(Envelope):
@@ -341,8 +371,8 @@ class BacktestReport(Envelope):
 
     event_type: Literal["backtest.report"] = "backtest.report"
     run_id: str
-    params: dict[str, Any]
-    metrics: dict[str, Any]
+    params: JsonDict
+    metrics: JsonDict
 
 
 class DeadLetter(Envelope):
@@ -355,8 +385,8 @@ class DeadLetter(Envelope):
     raw: str
     raw_b64: str | None = None
     topic: str
-    partition: int | None = None
-    offset: int | None = None
+    partition: I64 | None = None
+    offset: I64 | None = None
     reason: str
 
 
