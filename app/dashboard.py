@@ -29,6 +29,7 @@ disconnected (counted) rather than slowing everyone else.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import struct
@@ -97,7 +98,8 @@ class Hub:
         self.history = history
         self.accounts: dict[str, dict] = {}
         self.halt: dict[str, dict] = {}
-        self.recent: dict[str, collections.deque] = {k: collections.deque(maxlen=history) for k in LISTS}
+        #: kind -> [((event time ms, event id), event)], ascending, at most ``history`` long
+        self.recent: dict[str, list] = {k: [] for k in LISTS}
         self.prices: dict[str, collections.deque] = {}
         self._price_dirty: dict[str, int] = {}  # token -> first second changed since the last push
         self.clients: dict[web.WebSocketResponse, asyncio.BaseTransport] = {}
@@ -107,7 +109,7 @@ class Hub:
     # ------------------------------------------------------------------ state
     def recent_events(self, kind: str) -> list[dict]:
         """The recent events of one list, oldest first (event time, then id)."""
-        return sorted(self.recent[kind], key=lambda e: (e.get("timestamp", 0), str(e.get("event_id"))))
+        return [event for _, event in self.recent[kind]]
 
     def snapshot(self) -> dict:
         return {"type": "snapshot", "ready": self.ready.is_set(), "accounts": self.accounts, "halt": self.halt,
@@ -139,7 +141,22 @@ class Hub:
         else:
             if kind == "alert":
                 self._apply_halt(event)
-            self.recent[kind].append(event)
+            self._remember(kind, event)
+
+    def _remember(self, kind: str, event: dict) -> None:
+        """Keep the ``history`` latest events of a list by (event time, id), not by arrival: a
+        hub reads the topic's partitions in an order of its own, and two replicas must show the
+        same latest events once both have read them all."""
+        latest = self.recent[kind]
+        key = (event.get("timestamp", 0), str(event.get("event_id")))
+        if len(latest) >= self.history and key <= latest[0][0]:
+            return  # older than everything kept
+        i = bisect.bisect_left(latest, key, key=lambda item: item[0])
+        if i < len(latest) and latest[i][0] == key:
+            return  # the same event again (a redelivery)
+        latest.insert(i, (key, event))
+        if len(latest) > self.history:
+            del latest[0]
 
     def _apply_prices(self, records: list, last_only: bool) -> None:
         """Fold in a fetched batch of one ``price.ticks`` partition: every valid tick, or with

@@ -266,3 +266,22 @@ def test_topic_settings_are_checked_and_reach_every_created_topic():
     factor, replicas, config, retention_s, changelog = json.loads(out.stdout.strip().splitlines()[-1])
     assert (factor, replicas, retention_s) == (3, 3, 48 * 3600)
     assert config == changelog == {"min.insync.replicas": "2"}
+
+
+def test_the_hubs_latest_events_do_not_depend_on_arrival_order():
+    """Two replicas' hubs read a topic's partitions in orders of their own: each keeps the
+    latest events by (event time, id), so both show the same list once both have read them all
+    (a redelivery is kept once)."""
+    import random
+
+    from app.dashboard import Hub
+
+    events = [{"event_id": f"id{i:03d}", "timestamp": 1_000 + i // 3, "token": "BTC"} for i in range(500)]
+    shuffled = events[:]
+    random.Random(7).shuffle(shuffled)
+    a, b = Hub(100), Hub(100)
+    for e in events:
+        a.apply("signal", e)
+    for e in shuffled + shuffled[:50]:
+        b.apply("signal", e)
+    assert a.recent_events("signal") == b.recent_events("signal") == events[-100:]
