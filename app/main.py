@@ -12,14 +12,13 @@ import gc
 import logging
 import ssl
 import time
-import uuid
 
 import faust
 
 from app.kafka import App, PartitionAssignor, Topic
 from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
-from core.logs import current_event_id, logging_config, trace_fields, tracing
+from core.logs import TRACE, current_event_id, logging_config
 from core.redact import install_redaction
 from core.settings import get_settings
 from models.events import (AgentError, AgentLagging, Envelope, EventError, dead_letter_event,  # noqa: F401  (re-exported)
@@ -144,8 +143,8 @@ async def emit(event: Envelope, topic_name: str | None = None, wait: bool = Fals
     without a ``causation_id`` gets the id of the event this task is handling (core.logs)."""
     if event.causation_id is None:
         cause = current_event_id()
-        if cause is not None and cause != str(event.event_id):
-            event = event.model_copy(update={"causation_id": uuid.UUID(cause)})
+        if cause is not None and cause != event.event_id:
+            event = event.model_copy(update={"causation_id": cause})
     name = topic_name or TOPIC_OF_EVENT[event.event_type]
     pending = await OUTPUTS[name].send(key=key_of(event, name), value=encode_event(event))
     if wait and pending is not None:
@@ -212,13 +211,12 @@ class survive:
 
     def __init__(self, agent: str, event, decoded: Envelope | None = None) -> None:
         self.agent, self.event, self.decoded = agent, event, decoded
-        self._trace = None
+        self._token = None
         self._t0 = 0.0
 
     async def __aenter__(self) -> "survive":
         # every log line and every emitted event of this handling names the event (core.logs)
-        self._trace = tracing(trace_fields(self.agent, self.decoded))
-        self._trace.__enter__()
+        self._token = TRACE.set((self.agent, self.decoded))
         self._t0 = time.perf_counter()
         return self
 
@@ -232,7 +230,7 @@ class survive:
             await report_error(self.agent, self.event.message, exc, self.decoded)
             return True
         finally:
-            self._trace.__exit__(None, None, None)
+            TRACE.reset(self._token)
 
 
 class SlowMessages:

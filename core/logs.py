@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, each carrying the event being handled.
 
-While an agent handles one message (``app.main.survive``), :data:`TRACE` holds that event's
-``event_id``, ``correlation_id`` (the chain it belongs to: the id of the tick or update that
+While an agent handles one message (``app.main.survive``), :data:`TRACE` holds the agent and
+that event; every line logged meanwhile carries the event's ``event_id``, ``correlation_id`` (the chain it belongs to: the id of the tick or update that
 started it), ``causation_id`` (the event that caused it), ``event_type``, ``token``, ``account``
 and the ``agent``. :class:`JsonFormatter` (python-json-logger) writes them on every line logged
 meanwhile, by any logger (the agents', Faust's, aiokafka's), so ``grep`` on a correlation id
@@ -20,8 +20,10 @@ from contextlib import contextmanager
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
-#: The event being handled in this task (see the module docstring), or None.
-TRACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("moondev_trace", default=None)
+#: (agent, the decoded event or None) being handled in this task (see the module docstring), or
+#: None. The event itself, not its fields: they are worked out only when a line is logged, so a
+#: message that logs nothing (nearly every tick) costs a context-variable set and reset.
+TRACE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("moondev_trace", default=None)
 
 #: Fields every JSON line has, in this order, after time, level, logger and message.
 TRACE_FIELDS = ("agent", "event_id", "event_type", "correlation_id", "causation_id", "token", "account")
@@ -44,19 +46,19 @@ def trace_fields(agent: str, event) -> dict:
 
 
 @contextmanager
-def tracing(fields: dict) -> Iterator[None]:
-    """Set :data:`TRACE` to ``fields`` for the ``with`` block (this task only)."""
-    token = TRACE.set(fields)
+def tracing(agent: str, event) -> Iterator[None]:
+    """Set :data:`TRACE` to ``(agent, event)`` for the ``with`` block (this task only)."""
+    token = TRACE.set((agent, event))
     try:
         yield
     finally:
         TRACE.reset(token)
 
 
-def current_event_id() -> str | None:
-    """The id of the event this task is handling, or None."""
+def current_event_id():
+    """The id (a UUID) of the event this task is handling, or None."""
     ctx = TRACE.get()
-    return ctx.get("event_id") if ctx else None
+    return getattr(ctx[1], "event_id", None) if ctx else None
 
 
 class JsonFormatter(_JsonFormatter):
@@ -75,7 +77,8 @@ class JsonFormatter(_JsonFormatter):
 
     def add_fields(self, log_record: dict, record, message_dict: dict) -> None:
         super().add_fields(log_record, record, message_dict)
-        ctx = TRACE.get() or {}
+        ctx = TRACE.get()
+        ctx = trace_fields(*ctx) if ctx else {}
         for name in TRACE_FIELDS:
             log_record.setdefault(name, ctx.get(name))
 

@@ -30,7 +30,7 @@ from faust.types.tuples import Message
 from app.main import OUTPUTS, TOPICS, app, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
-from core.logs import TRACE, trace_fields
+from core.logs import TRACE
 from core.metrics import PROCESSING_SECONDS
 from models.events import ConsensusDecision, OrderEvent
 
@@ -104,7 +104,7 @@ async def force_close_now(request: OrderEvent) -> list | None:
     event = faust.Event(app, message.key, value, None, message)
     ctx = contextvars.copy_context()
     ctx.run(_current_event.set, weakref.ref(event))
-    ctx.run(TRACE.set, trace_fields("execution", request))
+    ctx.run(TRACE.set, ("execution", request))
     out = await asyncio.get_running_loop().create_task(processor.process(request, partition), context=ctx)
     _fast_latency.observe(time.perf_counter() - t0)
     # caused by the request, as when the engine reads it from the orders topic (emitted by the caller)

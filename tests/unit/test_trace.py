@@ -34,7 +34,7 @@ def test_json_lines_carry_the_handled_events_ids_and_nothing_outside():
                           correlation_id=tick.event_id, causation_id=tick.event_id, action="BUY", score=90,
                           confidence=1.0, agent="trading.rules")
     logger.info("outside")
-    with tracing(trace_fields("consensus", sig)):
+    with tracing("consensus", sig):
         logger.info("inside %s", "a signal")
     outside, inside = (json.loads(line) for line in out.getvalue().splitlines())
     for line in (outside, inside):
