@@ -270,11 +270,7 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
 def _kept(inputs: list, outputs: list) -> list[dict]:
     """The run's outputs and the inputs that started their chains (their correlation ids), as
     wire JSON dicts."""
-    from models.events import encode_event
-
-    import orjson
-
-    out = [orjson.loads(encode_event(e)) for e in outputs]
+    out = [e.model_dump(mode="json", exclude_none=True) for e in outputs]  # the wire JSON, as dicts
     roots = {e.get("correlation_id") for e in out} - {None}
     started = [_as_dict(ev) for ev in inputs if str(ev.event_id) in roots]
     return started + out

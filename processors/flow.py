@@ -97,16 +97,15 @@ class _BarFlowProcessor:
         ob.price = tick.price
         side, size = tick.side, tick.size
         if side is not None and size:
-            notional = tick.price * size
-            ob.flow.add(side, notional)
-            whale = self._whale(tick, side, size, notional)
-            if whale is not None:
-                ob.whales.append([ts, notional if side == "BUY" else -notional])
-                out.append(whale)
+            reported = self._trade(ob, tick, side, size, tick.price * size)
+            if reported is not None:
+                out.append(reported)
         return out
 
-    def _whale(self, tick, side: str, size: float, notional: float):
-        return None
+    def _trade(self, ob: _OpenFlow, tick, side: str, size: float, notional: float):
+        """Fold one trade of known aggressor ``side`` and ``notional`` (USD) into the open bar;
+        returns an event to emit at once, or None."""
+        raise NotImplementedError
 
     def _close(self, token: str, ob: _OpenFlow, tick) -> SignalGenerated | None:
         raise NotImplementedError
@@ -152,6 +151,9 @@ class OrderFlowProcessor(_BarFlowProcessor):
     def __init__(self, config: OrderFlowConfig, store: Store, halt: Mapping):
         super().__init__(config.bar_ms, store, halt)
         self.config = config
+
+    def _trade(self, ob: _OpenFlow, tick, side: str, size: float, notional: float) -> None:
+        ob.flow.add(side, notional)
 
     def _close(self, token: str, ob: _OpenFlow, tick) -> SignalGenerated | None:
         cfg = self.config
@@ -206,12 +208,13 @@ class WhaleProcessor(_BarFlowProcessor):
         self.config = config
         self._thresholds: dict[str, float] = {}
 
-    def _whale(self, tick, side: str, size: float, notional: float) -> WhaleActivity | None:
+    def _trade(self, ob: _OpenFlow, tick, side: str, size: float, notional: float) -> WhaleActivity | None:
         limit = self._thresholds.get(tick.token)
         if limit is None:
             limit = self._thresholds[tick.token] = self.config.threshold(tick.token)
         if notional < limit:
             return None
+        ob.whales.append([tick.timestamp, notional if side == "BUY" else -notional])
         return WhaleActivity(event_id=derived_id("whale.activity", tick.event_id), timestamp=tick.timestamp,
                              token=tick.token, source=WHALE, correlation_id=tick.correlation_id or tick.event_id,
                              ingest_ms=tick.ingest_ms, size=size, side=side, price=tick.price,

@@ -100,9 +100,7 @@ class PortfolioProcessor:
         if snapshot:
             pf["snapshot_ms"] = fill.timestamp
         self.portfolio[account] = pf
-        self.exposures.set(account, {"cash": pf["cash"], "positions": {
-            t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
-            for t, p in pf["positions"].items()}})
+        self.mirror_exposure(account, pf)
         marks = {**self.marks_for(pf), fill.token: fill.fill_price}
         view = mark(pf, marks, cfg.assets, cfg.max_leverage)
         daily = roll_day(pf, fill.timestamp, view["equity"])
@@ -129,6 +127,12 @@ class PortfolioProcessor:
                 "event_id": derived_id("snapshot", key), "event_type": "state.snapshot",
                 "snapshot": self.snapshot(account, pf)}))
         return out
+
+    def mirror_exposure(self, account: str, pf: dict) -> None:
+        """Write the account's cash and positions to the ``exposures`` store (what risk reads)."""
+        self.exposures.set(account, {"cash": pf["cash"], "positions": {
+            t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
+            for t, p in pf["positions"].items()}})
 
     def snapshot(self, account: str, pf: dict) -> dict:
         """What a rebuild restores ``account`` from: the portfolio store's value, the execution

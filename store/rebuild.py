@@ -66,15 +66,18 @@ async def rebuild(pool, config: PortfolioConfig, at_ms: int, submitted_memory: i
             snap = await conn.fetchrow(
                 "SELECT data::text AS data FROM events WHERE event_type = 'state.snapshot' AND timestamp <= $1 "
                 "AND data->>'account' = $2 ORDER BY timestamp DESC, event_id DESC LIMIT 1", _ts(at_ms), account)
-            snapshot = orjson.loads(snap["data"])["snapshot"] if snap else None
-            since = orjson.loads(snap["data"])["timestamp"] if snap else 0
+            snap = orjson.loads(snap["data"]) if snap else None
+            snapshot, since = (snap["snapshot"], snap["timestamp"]) if snap else (None, 0)
             await _rebuild_account(conn, stores, config, account, snapshot, since, at_ms, submitted_memory)
         for r in await conn.fetch(
-                "SELECT DISTINCT ON (token) token, timestamp, data->>'price' AS price FROM events "
+                "SELECT DISTINCT ON (token) token, timestamp, data->>'price' AS price, "
+                "data->>'volume_1m' AS volume_1m FROM events "
                 "WHERE event_type = 'price.tick' AND timestamp <= $1 AND token IS NOT NULL "
                 "ORDER BY token, timestamp DESC", _ts(at_ms)):
+            # the value the risk agent writes (processors.risk)
             stores["latest_prices"][r["token"]] = {"price": float(r["price"]),
-                                                   "ts": int(r["timestamp"].timestamp() * 1000)}
+                                                   "ts": int(r["timestamp"].timestamp() * 1000),
+                                                   "volume_1m": float(r["volume_1m"] or 0.0)}
     return stores
 
 
@@ -110,10 +113,7 @@ async def _rebuild_account(conn, stores: dict, config: PortfolioConfig, account:
     for f in fills:
         processor.on_fill(TradeExecuted.model_validate(f))
     if account in portfolio:
-        pf = portfolio[account]
-        processor.exposures.set(account, {"cash": pf["cash"], "positions": {
-            t: {"size": p["size"], "entry_price": p["entry_price"], "opened_ms": p["opened_ms"]}
-            for t, p in pf["positions"].items()}})
+        processor.mirror_exposure(account, portfolio[account])
     placed = [e["client_order_id"] for e in await _events(conn, ["trade.placed"], since, at_ms, account)]
     for cloid in [f["client_order_id"] for f in fills] + placed:
         if cloid not in submitted:
