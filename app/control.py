@@ -3,8 +3,8 @@ control actions (halt, resume, close-all).
 
 Tokens come from the environment (CONTROL_TOKEN, CONTROL_TOKENS); a request's token is compared
 with every configured one by ``hmac.compare_digest`` (constant time, and no early exit on a
-match). The control endpoints always require a token; the read views require it when READ_AUTH is
-set. Refusals are 401 with ``WWW-Authenticate: Bearer``; the token itself is never logged (see
+match). The control endpoints always require a token; the event-store views too unless
+EVENTS_AUTH=false; the other read views when READ_AUTH is set. Refusals are 401 with ``WWW-Authenticate: Bearer``; the token itself is never logged (see
 :mod:`core.redact`).
 """
 
@@ -54,6 +54,17 @@ def read_auth(method):
     async def wrapper(self, request, *args, **kwargs):
         if settings.read_auth and authenticate(request) is None:
             return unauthorized(self)
+        return await method(self, request, *args, **kwargs)
+    return wrapper
+
+
+def events_auth(method):
+    """Decorator for the event-store views: 401 without a valid token unless EVENTS_AUTH=false
+    (and READ_AUTH is not set)."""
+    @functools.wraps(method)
+    async def wrapper(self, request, *args, **kwargs):
+        if (settings.events_auth or settings.read_auth) and authenticate(request) is None:
+            return unauthorized(self, "the event store needs a bearer token (CONTROL_TOKEN; EVENTS_AUTH=false opens it)")
         return await method(self, request, *args, **kwargs)
     return wrapper
 

@@ -285,7 +285,7 @@ class Hub:
             try:
                 # the agents' own validation, event-time bounds included: what they dead-letter
                 # is not shown, and no message can stop the hub
-                decode_checked(record.value)
+                decode_checked(record.value, key=record.key, topic=record.topic)
             except EventError:
                 continue
             event = orjson.loads(record.value)

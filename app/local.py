@@ -246,8 +246,12 @@ class Worker:
             return ""
 
     def get(self, path: str, timeout: float = 5) -> dict:
+        """GET a JSON view, with the worker's CONTROL_TOKEN as bearer token when it has one (the
+        event-store views need it); an HTTP error's JSON body is returned like an answer."""
+        token = self.env.get("CONTROL_TOKEN")
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())

@@ -132,6 +132,9 @@ TOPICS: dict[str, faust.TopicT] = {
     for name, spec in TOPIC_SPECS.items()
 }
 
+#: Full topic name -> the event field its messages are keyed by (``token``, ``account`` or None).
+KEYED_BY: dict[str, str | None] = {settings.topic(name): spec.key for name, spec in TOPIC_SPECS.items()}
+
 #: Where :func:`emit` sends each topic's events. Agent tests rebind entries to in-memory
 #: ``app.channel()`` objects to read what an agent produced without a broker.
 OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
@@ -188,16 +191,20 @@ async def dead_letter(message, reason: str, agent: str) -> None:
     await emit(dl)
 
 
-def decode_checked(raw: bytes | str, expect: tuple | None = None, key: bytes | None = None) -> Envelope:
+def decode_checked(raw: bytes | str, expect: tuple | None = None, key: bytes | None = None,
+                   topic: str | None = None) -> Envelope:
     """:func:`models.events.decode_event` plus the event-time bounds (EVENT_MAX_AHEAD_SECONDS
-    ahead of this worker's clock, EVENT_TIME_FLOOR_MS) and, given the message ``key`` of a topic
-    keyed by token, that the key is the event's token: what every consumer in a worker accepts.
+    ahead of this worker's clock, EVENT_TIME_FLOOR_MS) and, given the message ``key`` and the
+    ``topic`` it came from, that the key is the event's token or account, whichever the topic is
+    keyed by (a token without ``topic``; nothing for a topic outside the catalogue, such as an
+    in-memory channel): what every consumer in a worker accepts.
 
     Raises:
-        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the token.
+        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the field.
     """
     return decode_checked_at(raw, int(time.time() * 1000), int(settings.event_max_ahead_seconds * 1000),
-                             settings.event_time_floor_ms, expect, key)
+                             settings.event_time_floor_ms, expect, key,
+                             KEYED_BY.get(topic) if topic is not None else "token")
 
 
 class survive:
@@ -288,7 +295,7 @@ async def valid_events(stream, expect: tuple, agent: str):
     async for event in stream.events():
         received.inc()
         try:
-            decoded = decode_checked(event.value, expect)
+            decoded = decode_checked(event.value, expect, event.key, event.message.topic)
         except EventError as exc:
             await dead_letter(event.message, exc.reason, agent)
             continue

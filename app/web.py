@@ -44,8 +44,9 @@
 - ``GET /metrics/``: Prometheus text exposition (Faust's sensors and the domain metrics);
   ``?name[]=<family>`` (repeatable) answers only those families.
 
+The event-store views (``/events/``, ``/trace/``) need the bearer token unless EVENTS_AUTH=false.
 With READ_AUTH set, every read view except the health views and the dashboard's page and assets
-needs the bearer token too.
+needs it too.
 
 Token views are routed to the worker that owns the token's partition (404 when nothing is known);
 tokens are upper case, as in the events.
@@ -62,7 +63,7 @@ import uuid
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.control import MAX_BODY, authenticate, client_address, limiter, read_auth, unauthorized
+from app.control import MAX_BODY, authenticate, client_address, events_auth, limiter, read_auth, unauthorized
 from app.dashboard import STATIC, hub
 from app.main import app, emit, settings
 from core.metrics import CONSUMER_LAG, CONTROL_REQUESTS, REGISTRY
@@ -216,7 +217,7 @@ def _time_arg(value: str | None, name: str) -> int:
 
 @app.page("/events/")
 class Events(View):
-    @read_auth
+    @events_auth
     async def get(self, request: Request) -> Response:
         q = request.query
         try:
@@ -242,7 +243,7 @@ class Trace(View):
     """One decision's chain from the event store as a tree of causes (store.trace), JSON; 400 for
     an id that is not a UUID, 404 when nothing stored has it, 503 when the store is down."""
 
-    @read_auth
+    @events_auth
     async def get(self, request: Request, event_id: str) -> Response:
         from store.trace import as_json, build_tree, load_chain
 
@@ -547,6 +548,8 @@ async def _control(view: View, request: Request, action: str) -> Response:
         outcome = f"invalid: body must be a JSON object of at most {MAX_BODY} bytes"
     elif not why:
         outcome = "invalid: a reason is required"
+    elif account not in settings.known_accounts():
+        outcome = f"invalid: unknown account {_escaped(account)!r} (ACCOUNT, ACCOUNTS)"
     else:
         outcome = "accepted"
     if who is None:  # an anonymous body is not evidence of anything: audit the attempt, not its words

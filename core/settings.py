@@ -79,6 +79,10 @@ class Settings(BaseSettings):
 
     # --- trading account (paper)
     account: str = "paper"
+    #: Other accounts this deployment trades besides ACCOUNT. Halts, resumes and close-alls name
+    #: one of these (the control endpoints answer 400 for any other), and the halt agent
+    #: dead-letters a risk event for an unknown account instead of letting it halt trading.
+    accounts: list[str] = Field(default_factory=list)
     initial_cash_usd: float = Field(100_000.0, gt=0)
 
     # --- trading agent
@@ -243,6 +247,9 @@ class Settings(BaseSettings):
     #: Require the bearer token on the read views too (health probes and the dashboard page's
     #: static assets stay open; the dashboard then asks for the token).
     read_auth: bool = False
+    #: The event-store views (``/events/``, ``/trace/``) hand out every stored event, so they need
+    #: the bearer token even without READ_AUTH; EVENTS_AUTH=false opens them (a local run).
+    events_auth: bool = True
     #: Control requests per client (token holder, or address when unauthenticated) per minute.
     control_rate_per_minute: int = Field(10, ge=1)
     #: Proxies (addresses or CIDR networks, e.g. the ingress's) whose ``X-Forwarded-For`` names the
@@ -319,6 +326,10 @@ class Settings(BaseSettings):
         """TRUSTED_PROXIES as ``ipaddress`` networks."""
         import ipaddress
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies]
+
+    def known_accounts(self) -> frozenset[str]:
+        """ACCOUNT and ACCOUNTS."""
+        return frozenset((self.account, *self.accounts))
 
     def control_holders(self) -> dict[str, str]:
         """Token holder name -> token (secret values)."""

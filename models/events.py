@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import uuid
 from typing import Annotated, Any, Literal, Union
 
@@ -237,9 +238,10 @@ class OrderEvent(AccountEvent):
     """``size`` in base units (coins), ``price`` the decision price (USD). A ``trade.force_close``
     asks the execution engine to close ``token``'s whole position (every position when ``token``
     is absent) with reduce-only orders; ``size`` and ``side`` then describe the position seen by
-    the requester."""
+    the requester. A ``trade.outcome_unknown`` is an order whose answer was lost and which the
+    exchange could not be asked about: it may have been placed, and is never sent again."""
 
-    event_type: Literal["trade.placed", "trade.rejected", "trade.force_close"]
+    event_type: Literal["trade.placed", "trade.rejected", "trade.force_close", "trade.outcome_unknown"]
     order_id: str | None = None
     client_order_id: str
     side: Side
@@ -253,9 +255,11 @@ class OrderEvent(AccountEvent):
 
 class TradeExecuted(AccountEvent):
     """A fill. ``fill_price`` USD, ``filled_amount`` base units, ``fee`` USD, ``slippage`` USD per
-    unit against the decision price (positive = adverse)."""
+    unit against the decision price (positive = adverse). The token is required: a fill of
+    nothing would open a position no order can close."""
 
     event_type: Literal["trade.executed"] = "trade.executed"
+    token: Annotated[str, Field(min_length=1, max_length=32)]
     order_id: str
     client_order_id: str
     side: Side
@@ -279,6 +283,7 @@ class PositionClosed(AccountEvent):
     largest signed size (base units), ``entry_price`` its average entry (USD)."""
 
     event_type: Literal["position.closed"] = "position.closed"
+    token: Annotated[str, Field(min_length=1, max_length=32)]
     order_id: str
     exit_price: PositiveFloat
     entry_price: PositiveFloat
@@ -428,6 +433,10 @@ for _cls in Event.__origin__.__args__:  # type: ignore[attr-defined]
 
 #: A JSON-escaped NUL: valid JSON, but PostgreSQL's jsonb cannot store it.
 NUL_ESCAPE = b"\\u0000"
+#: The escape itself, not an escaped backslash followed by the text ``u0000`` (which a reason
+#: quoting pydantic's "control character (\\u0000-\\u001F)" message holds): an even run of
+#: backslashes before it.
+_NUL_ESCAPED = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class EventError(ValueError):
@@ -452,7 +461,7 @@ def decode_event(raw: bytes | str, expect: tuple[type[Envelope], ...] | None = N
     """
     if isinstance(raw, str):
         raw = raw.encode()
-    if isinstance(raw, bytes) and NUL_ESCAPE in raw:
+    if isinstance(raw, bytes) and NUL_ESCAPE in raw and _NUL_ESCAPED.search(raw):
         raise EventError("contains a NUL character (U+0000), which the event store cannot keep")
     try:
         event = _ADAPTER.validate_json(raw)
@@ -488,17 +497,22 @@ def check_event_time(event: Envelope, now_ms: int, max_ahead_ms: int, floor_ms: 
 
 
 def decode_checked_at(raw: bytes | str, now_ms: int, max_ahead_ms: int, floor_ms: int = EVENT_TIME_FLOOR_MS,
-                      expect: tuple | None = None, key: bytes | None = None) -> Envelope:
+                      expect: tuple | None = None, key: bytes | None = None, keyed_by: str | None = "token"
+                      ) -> Envelope:
     """:func:`decode_event` plus :func:`check_event_time` against ``now_ms`` and, given the
-    message ``key`` of a topic keyed by token, that the key is the event's token: what every
-    consumer of a topic accepts.
+    message ``key`` of a topic keyed by ``keyed_by`` (``token`` or ``account``, the topic's key:
+    :data:`models.topics.TOPIC_SPECS`), that the key is the event's field of that name when it
+    has one: what every consumer of a topic accepts. A key that is not the field would put the
+    event in another partition than its own, where the tables of another key live.
 
     Raises:
-        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the token.
+        EventError: as ``decode_event``, an event time out of bounds, or a key that is not the field.
     """
     event = decode_event(raw, expect)
-    if key is not None and event.token is not None and key != event.token.encode():
-        raise EventError(f"message key {key!r} does not match token {event.token!r}")
+    if key is not None and keyed_by is not None:
+        value = getattr(event, keyed_by, None)
+        if value is not None and key != value.encode():
+            raise EventError(f"message key {key!r} does not match {keyed_by} {value!r}")
     check_event_time(event, now_ms, max_ahead_ms, floor_ms)
     return event
 
@@ -519,6 +533,9 @@ def dead_letter_event(raw: bytes | str, reason: str, source: str, topic: str, pa
     if text.encode("utf-8") != raw or NUL_ESCAPE in raw:
         b64 = base64.b64encode(raw).decode()
         text = text.replace(NUL_ESCAPE.decode(), "\\ufffd")
+    # a validation error quotes the input, NUL characters included: the dead letter must itself
+    # be a valid event on the dead-letter topic
+    reason = reason.replace("\x00", "\ufffd")
     return DeadLetter(event_id=derived_id("dead_letter", topic, partition, offset, *id_parts), timestamp=timestamp_ms,
                       source=source, raw=text[:100_000], raw_b64=b64, topic=topic, partition=partition,
                       offset=offset, reason=reason[:2000])

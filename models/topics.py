@@ -73,6 +73,7 @@ TOPIC_OF_EVENT: dict[str, str] = {
     "trade.placed": "orders",
     "trade.rejected": "orders",
     "trade.force_close": "orders",
+    "trade.outcome_unknown": "orders",
     "trade.executed": "trade.executed",
     "position.closed": "trade.executed",
     "state.snapshot": "state.changes",

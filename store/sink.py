@@ -102,6 +102,7 @@ def rows_of(records: list, stored: dict[str, str], settings: Settings, now_ms: i
     (topic, partition, offset, timestamp in ms, value)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     ahead, floor = int(settings.event_max_ahead_seconds * 1000), settings.event_time_floor_ms
+    keyed_by = {name: spec.key for name, spec in TOPIC_SPECS.items()}
     rows: list[Row] = []
     per_topic: collections.Counter = collections.Counter()
     dead: list[DeadLetter] = []
@@ -110,7 +111,7 @@ def rows_of(records: list, stored: dict[str, str], settings: Settings, now_ms: i
         name = stored[rec.topic]
         value = rec.value
         try:
-            event = decode_checked_at(value, now_ms, ahead, floor)
+            event = decode_checked_at(value, now_ms, ahead, floor, key=getattr(rec, "key", None), keyed_by=keyed_by[name])
         except EventError as exc:
             if name == "dead.letters":
                 log.error("invalid message on the dead-letter topic skipped: %s", exc.reason)

@@ -30,7 +30,7 @@ async def correlation(stream):
     async for event in stream.events():
         t0 = time.perf_counter()
         try:
-            ev = decode_checked(event.value, (SentimentUpdate, PriceMinute))
+            ev = decode_checked(event.value, (SentimentUpdate, PriceMinute), event.key, event.message.topic)
         except EventError:
             continue  # the sentiment agent sends invalid updates to the dead letters
         async with survive("correlation", event, ev):

@@ -27,7 +27,7 @@ from faust.streams import _current_event
 from faust.types import TP
 from faust.types.tuples import Message
 
-from app.main import OUTPUTS, TOPICS, app, emit, encode_event, settings, survive, valid_events
+from app.main import OUTPUTS, TOPICS, app, dead_letter, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
 from core.logs import TRACE
@@ -60,10 +60,16 @@ async def route_approvals(stream):
 
 @app.agent(EXECUTION_INPUT, name="execution")
 async def execution(stream):
+    known = settings.known_accounts()
     async for event, req in valid_events(stream, (ConsensusDecision, OrderEvent), "execution"):
+        # the key names the account of an approval; an order event's own account was checked
+        # against its key: either must be one this deployment trades
+        account = (event.key or settings.account.encode()).decode("utf-8", "replace")
+        if account not in known or getattr(req, "account", account) not in known:
+            await dead_letter(event.message, f"unknown account {account!r} (ACCOUNT, ACCOUNTS)", "execution")
+            continue
         async with survive("execution", event, req):
             t0 = time.perf_counter()
-            account = event.key.decode() if event.key else None
             for out in await processor.process(req, event.message.partition, account=account):
                 await emit(out)
                 if out.event_type == "trade.executed":

@@ -1,13 +1,14 @@
 """Risk agents: the Faust runtime of :class:`processors.risk.RiskProcessor` on
 ``liquidation.events`` (``cascade``) and of :class:`processors.risk.HaltProcessor` on
 ``risk.alerts`` (``halt``, which also hands alerts to the Discord notifier: one reader per
-topic, see :mod:`streams.ticks`). The risk processor's per-tick work runs in the tick stream
+topic, see :mod:`streams.ticks`; an event for an account outside ACCOUNT/ACCOUNTS goes to the
+dead letters). The risk processor's per-tick work runs in the tick stream
 (:mod:`streams.ticks`), on the same decoded tick as the trading processor.
 """
 
 from __future__ import annotations
 
-from app.main import TOPICS, app, emit, survive, valid_events
+from app.main import TOPICS, app, dead_letter, emit, settings, survive, valid_events
 from app.runtime import halt as halt_processor
 from app.runtime import risk as processor
 from models.events import LiquidationEvent, RiskEvent
@@ -24,7 +25,11 @@ async def cascade(stream):
 
 @app.agent(TOPICS["risk.alerts"], name="halt")
 async def halt_agent(stream):
+    known = settings.known_accounts()
     async for event, ev in valid_events(stream, (RiskEvent,), "halt"):
+        if ev.account not in known:  # written to the bus by someone else: it must not halt trading
+            await dead_letter(event.message, f"unknown account {ev.account!r} (ACCOUNT, ACCOUNTS)", "halt")
+            continue
         async with survive("halt", event, ev):
             halt_processor.apply(ev)
             n = await notifier()

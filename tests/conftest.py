@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("STORE_URL", "memory://")
 os.environ.setdefault("BAR_SECONDS", "1")
+# the agent tests trade an account "acct" beside the default "paper": halts and orders for an
+# account the deployment does not know are refused
+os.environ.setdefault("ACCOUNTS", '["acct"]')
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample" / "binance_usdm_trades_20240808.csv.gz"

@@ -205,20 +205,33 @@ def test_event_store_sink_rows_and_dead_letters_of_unvalidated_topics():
 
 
 async def test_a_message_whose_handling_raises_is_reported_and_the_stream_goes_on(outputs, monkeypatch):
-    """A schema-valid message an agent cannot handle (a non-UTF-8 key on the engine's input; a
+    """A schema-valid message an agent cannot handle (an engine that raises on an approval; a
     processor that raises on a tick) gives one ``agent.error`` naming the exception, and one dead
-    letter with it as the reason; the next message is handled as usual."""
+    letter with it as the reason; the next message is handled as usual. A non-UTF-8 key on the
+    engine's input names no account it trades: a dead letter saying so, not an error."""
     d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
                           source="consensus", consensus_score=85, contributing_agents=["a", "b"],
                           recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0)
+    real_process = runtime.execution.process
+    raised = []
+
+    async def flaky_process(event, partition=None, account=None):
+        if not raised:
+            raised.append(event.event_id)
+            raise ZeroDivisionError("division by zero")
+        return await real_process(event, partition, account=account)
+
+    monkeypatch.setattr(runtime.execution, "process", flaky_process)
     async with execution.test_context() as agent:
-        await agent.put(value=encode_event(d), key=b"\xff\xfe")
+        await agent.put(value=encode_event(d.model_copy(update={"event_id": uuid.uuid4()})), key=b"\xff\xfe")
+        await agent.put(value=encode_event(d), key=b"paper")
         await agent.put(value=encode_event(d.model_copy(update={"event_id": uuid.uuid4()})), key=b"paper")
     (err,) = outputs["system"].of("agent.error")
-    assert err["agent"] == "execution" and err["context"]["exception"] == "UnicodeDecodeError"
+    assert err["agent"] == "execution" and err["context"]["exception"] == "ZeroDivisionError"
     assert err["context"]["event_id"] == str(d.event_id) and err["token"] == "BTC"
-    (dl,) = outputs["dead.letters"].of("dead_letter")
-    assert dl["source"] == "execution" and dl["reason"].startswith("UnicodeDecodeError in execution")
+    unknown, raising = outputs["dead.letters"].of("dead_letter")
+    assert unknown["source"] == "execution" and unknown["reason"].startswith("unknown account")
+    assert raising["source"] == "execution" and raising["reason"].startswith("ZeroDivisionError in execution")
     assert len(outputs["trade.executed"].of("trade.executed")) == 1  # the next approval filled
 
     calls = []

@@ -20,6 +20,7 @@ from app.local import ROOT, SAMPLE, Stack, wait_until
 pytestmark = pytest.mark.integration
 
 ALICE, BOB, OPERATOR = "alice-token-7f3a9c2e1b", "bob-token-44d0e8a1c5", "operator-token-91bc33de07"
+CAROL = "carol-token-3d8e61f0aa"
 WRONG = "wrong-token-0c1d2e3f4a"
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".local" / "test-artifacts"
@@ -61,7 +62,7 @@ def events(worker, types: str) -> list[dict]:
 def run(tmp_path_factory, module_database_url):
     stack = Stack(tmp_path_factory.mktemp("operating"), database_url=module_database_url, BAR_SECONDS="1",
                   CONSENSUS_MIN_AGENTS="1", CONTROL_TOKEN=OPERATOR,
-                  CONTROL_TOKENS=json.dumps({"alice": ALICE, "bob": BOB}), CONTROL_RATE_PER_MINUTE="5",
+                  CONTROL_TOKENS=json.dumps({"alice": ALICE, "bob": BOB, "carol": CAROL}), CONTROL_RATE_PER_MINUTE="5",
                   TRUSTED_PROXIES=json.dumps(["127.0.0.1"]),  # as if the tests were the ingress
                   # a limit no order meets, to see breaches counted and emitted
                   SLA_LIMITS_MS=json.dumps({"signal_to_order": 0.0001}), SLA_EVENT_INTERVAL_SECONDS="1")
@@ -363,7 +364,8 @@ def test_g_events_view_answers_400_for_every_bad_parameter(run):
                   {"end": "1"}):
         url = worker.url + "/events/?" + urllib.parse.urlencode(query)
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {OPERATOR}"}),
+                                        timeout=10) as r:
                 status, body = r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             status, body = exc.code, json.loads(exc.read())
@@ -411,3 +413,52 @@ def test_h_control_reads_whole_bodies_trusts_forwarded_for_only_from_proxies_esc
     # message itself, so it stays one line in the text format too
     messages = [json.loads(line)["message"] for line in log.splitlines() if line.startswith("{")]
     assert any("ok\\n[2026-11-27 00:00:00,000]" in m for m in messages)
+
+
+def test_i_event_store_views_need_a_token_by_default(run):
+    """Without READ_AUTH, /events/ and /trace/ still hand out every stored event only to a token
+    holder (EVENTS_AUTH defaults to true); the other read views stay open."""
+    _, worker = run
+    for path in ("/events/?start=0&end=1", f"/trace/{uuid.uuid4()}/"):
+        assert status_of(worker.url + path) == 401, path
+        assert status_of(worker.url + path, WRONG) == 401, path
+    assert status_of(worker.url + "/events/?start=0&end=1", ALICE) == 200
+    assert status_of(worker.url + f"/trace/{uuid.uuid4()}/", ALICE) == 404, "an id nothing stored has"
+    assert status_of(worker.url + "/portfolio/") == 200
+
+
+def test_j_halts_only_for_known_accounts(run):
+    """A halt, resume or close-all for an account this deployment does not trade is a 400 (and
+    audited); a manual halt for it written straight to risk.alerts is dead-lettered by the halt
+    agent and halts nothing: signals go on."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    stack, worker = run
+    for action in ("halt", "resume", "close-all"):
+        code, _, body = post(worker, f"/control/{action}/", {"reason": "ghost", "account": "ghost"}, CAROL)
+        assert code == 400 and "unknown account" in body["error"], (action, code, body)
+    wait_until(lambda: worker.get("/halt/")["halted"] == [], 30, "nothing halted")
+    ghost_id = str(uuid.uuid4())
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092")
+        await producer.start()
+        try:
+            event = {"event_id": ghost_id, "event_type": "risk.alert", "timestamp": int(time.time() * 1000),
+                     "source": "attacker", "account": "ghost", "severity": "WARNING", "violation_type": "manual",
+                     "action_required": "halt everything"}
+            await producer.send_and_wait(stack.env["TOPIC_PREFIX"] + "risk.alerts", json.dumps(event).encode(),
+                                         key=b"ghost")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    letters = wait_until(lambda: [e["data"] for e in events(worker, "dead_letter")
+                                  if ghost_id in e["data"]["raw"]], 60, "the ghost halt dead-lettered")
+    assert "unknown account 'ghost'" in letters[0]["reason"] and letters[0]["source"] == "halt"
+    assert worker.get("/halt/")["halted"] == [] and "ghost" not in worker.get("/halt/")["accounts"]
+    audits = wait_until(lambda: [e["data"] for e in events(worker, "control.action")
+                                 if e["data"]["outcome"].startswith("invalid: unknown account")], 30, "audited")
+    assert len(audits) == 3 and all(a["who"] == "carol" for a in audits)

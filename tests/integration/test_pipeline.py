@@ -88,7 +88,7 @@ def settle(worker, dsn: str) -> None:
 def run(tmp_path_factory, database_url):
     # As `make run`: 1 s bars, the rules, order-flow and whale agents voting, two of them to agree.
     stack = Stack(tmp_path_factory.mktemp("pipeline"), database_url=database_url, BAR_SECONDS="1",
-                  STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH))
+                  STORE_URL="rocksdb://", INITIAL_CASH_USD=str(INITIAL_CASH), CONTROL_TOKEN="pipeline-token-9a1f")
     worker = stack.worker("w1").start()
     try:
         stack.feed(SAMPLE, "max")

@@ -34,7 +34,7 @@ def sig(token: str, ts: int, agent: str, action: str = "BUY", score: float = 90.
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, database_url):
     s = Stack(tmp_path_factory.mktemp("signals"), database_url, CONSENSUS_MIN_AGENTS="2", CONSENSUS_THRESHOLD="70",
-              AGENT_WEIGHTS='{"trading.rules": 1.0, "sentiment": 0.8, "trading.llm": 1.0}')
+              CONTROL_TOKEN="signals-token-2b7d", AGENT_WEIGHTS='{"trading.rules": 1.0, "sentiment": 0.8, "trading.llm": 1.0}')
     yield s
     s.stop()
 

@@ -35,7 +35,8 @@ async def _counts(dsn: str) -> tuple[int, int, int, int]:
 
 
 def test_database_outage_keeps_trading_and_stores_everything_once_after(tmp_path, fresh_database_url):
-    stack = Stack(tmp_path, fresh_database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1")
+    stack = Stack(tmp_path, fresh_database_url, BAR_SECONDS="1", CONSENSUS_MIN_AGENTS="1",
+                  CONTROL_TOKEN="outage-token-5e0c")
     w = stack.worker("w1").start()
     prefix = stack.env["TOPIC_PREFIX"]
     try:
@@ -50,7 +51,8 @@ def test_database_outage_keeps_trading_and_stores_everything_once_after(tmp_path
             assert fills, "the live path trades while the database is down"
             assert w.metrics().get("moondev_sink_errors_total", 0) > 0, "the sink noticed and retried"
             try:
-                urllib.request.urlopen(w.url + "/events/?start=0&end=1", timeout=30)
+                urllib.request.urlopen(urllib.request.Request(w.url + "/events/?start=0&end=1", headers={
+                    "Authorization": "Bearer outage-token-5e0c"}), timeout=30)
                 status = 200
             except urllib.error.HTTPError as exc:
                 status = exc.code

@@ -130,3 +130,20 @@ def test_table_keys_are_serialized_like_topic_keys():
         raw = app.serializers.dumps_key(str, "BTC", serializer=table.key_serializer)
         assert raw == b"BTC"
         assert app.serializers.loads_key(str, raw, serializer=table.key_serializer) == "BTC"
+
+
+def test_a_dead_letter_is_a_valid_event_whatever_its_reason_quotes():
+    """Found by the broker fuzz: a dead letter whose reason quoted pydantic's "control character
+    (\\u0000-\\u001F)" message, or an input holding a NUL, was itself refused on the dead-letter
+    topic, so the bad message was lost. An escaped backslash before ``u0000`` is not a NUL."""
+    from models.events import dead_letter_event, decode_event, encode_event
+
+    bad = b'{"event_type": "price.tick", "token": "BT\x01C"}'
+    with pytest.raises(EventError) as exc:
+        decode_event(bad)
+    assert "\\u0000-\\u001F" in exc.value.reason
+    for reason in (exc.value.reason, "input_value='\x00'"):
+        dl = dead_letter_event(bad, reason, "test", "t", 0, 1, 1_723_161_600_000)
+        assert decode_event(encode_event(dl)) == dl
+    with pytest.raises(EventError, match="NUL"):
+        decode_event(b'{"event_type": "price.tick", "token": "B\\u0000"}')
