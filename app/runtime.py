@@ -4,6 +4,9 @@ in-process backtest engine builds the same classes over dicts (:mod:`backtest.en
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import tables
 from app.main import app, emit, settings
 from app.sla import sla
@@ -50,22 +53,28 @@ def _observe_risk_evaluation(seconds: float) -> None:
     sla.observe("risk_evaluation", seconds * 1000.0)
 
 
+log = logging.getLogger(__name__)
+
 #: One exposures view per worker, shared by risk (reads) and portfolio (writes, invalidates).
 exposures = ExposureView(tables.exposures, refresh_s=0.05)
+#: One asset table per worker, shared by risk (maintenance margin) and execution (leverage, size
+#: increments): the venue's metadata replaces its entries once the exchange adapter has started.
+assets = dict(settings.assets)
 
 trading = TradingProcessor(TradingConfig.from_settings(settings),
                            TradingState(tables.bar_history, tables.indicators, tables.correlations, tables.halt),
                            advisor=build_advisor())
 orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), tables.orderflow, tables.halt)
 whale = WhaleProcessor(WhaleConfig.from_settings(settings), tables.whales, tables.halt)
-risk = RiskProcessor(RiskConfig.from_settings(settings), RiskState(tables.latest_prices, exposures),
+risk = RiskProcessor(dataclasses.replace(RiskConfig.from_settings(settings), assets=assets),
+                     RiskState(tables.latest_prices, exposures),
                      observe_evaluation=_observe_risk_evaluation)
 halt = HaltProcessor(tables.halt)
 consensus = ConsensusProcessor(ConsensusConfig.from_settings(settings), ConsensusState(tables.consensus_windows))
 sentiment = SentimentProcessor(SentimentConfig.from_settings(settings), tables.sentiment_windows)
 correlation = CorrelationProcessor(CorrelationConfig.from_settings(settings), tables.correlation_windows,
                                    tables.correlations)
-execution = ExecutionProcessor(ExecutionConfig.from_settings(settings),
+execution = ExecutionProcessor(dataclasses.replace(ExecutionConfig.from_settings(settings), assets=assets),
                                ExecutionState(tables.execution_state, tables.portfolio, tables.halt,
                                               tables.latest_prices),
                                build_exchange())
@@ -84,3 +93,13 @@ async def _revoked(app_, revoked, **kwargs) -> None:
 @app.on_partitions_assigned.connect
 async def _assigned(app_, assigned, **kwargs) -> None:
     consensus.on_assigned(assigned)
+
+
+@app.task
+async def _start_exchange() -> None:
+    # At start rather than at the first order, so that the venue's asset metadata is in place
+    # before the first tick is marked; the configured table stands until then or if it fails.
+    try:
+        await execution.adapter()
+    except Exception as exc:  # noqa: BLE001 - the first order tries again
+        log.warning("exchange adapter not started (%s: %s); the first order retries", type(exc).__name__, exc)

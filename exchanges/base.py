@@ -61,6 +61,9 @@ class ExchangeError(RuntimeError):
 
 class Exchange(Protocol):
     name: str
+    #: Asset metadata the venue published at start (token -> max leverage and size decimals), or
+    #: None when it publishes none (the configured table applies).
+    assets: "dict | None"
 
     async def start(self) -> None: ...
 
@@ -69,4 +72,16 @@ class Exchange(Protocol):
     async def submit(self, order: Order) -> OrderResult:
         """Send one order and return its outcome. Raises :class:`ExchangeError` when the outcome
         is unknown (network); the caller may retry with the same client order id."""
+        ...
+
+    async def order_status(self, order: Order) -> OrderResult | None:
+        """What became of an order sent before whose answer was lost, looked up by its client
+        order id: None when the exchange has no order with that id (it was never placed, so the id
+        may be released), else its outcome with the fills the exchange reports. Raises
+        :class:`ExchangeError` when the exchange cannot be asked either."""
+        ...
+
+    async def positions(self) -> dict[str, float] | None:
+        """The account's open positions on the venue, token -> signed size (base units), or None
+        for a venue that keeps none of its own (the paper exchange). Raises :class:`ExchangeError`."""
         ...

@@ -8,6 +8,13 @@ by ``oid``; each carries HyperLiquid's trade id (``tid``), price, size and fee. 
 arrive within ``fill_timeout_s``, the order response's ``totalSz``/``avgPx`` are used with the fee
 estimated at ``taker_fee_bps``, and the log says so.
 
+Asset metadata: at start, ``Info.meta()``'s universe gives each listed perpetual's
+``maxLeverage`` and ``szDecimals`` (:attr:`HyperliquidExchange.assets`), so margin and size
+increments follow the venue. An order whose answer was lost is looked up by its ``cloid``
+(``Info.query_order_by_cloid``: ``{"status": "unknownOid"}`` when it was never placed) and its fills
+in ``Info.user_fills``; open positions come from ``Info.user_state``'s ``assetPositions``
+(``szi``, signed size).
+
 The SDK is synchronous (``requests`` and a ``websocket-client`` thread): HTTP calls run in a worker
 thread and WebSocket callbacks are handed to the event loop with ``call_soon_threadsafe``.
 
@@ -26,6 +33,7 @@ import collections
 import logging
 import time
 
+from domain.risk import AssetSpec
 from exchanges.base import ExchangeError, Fill, Order, OrderResult
 
 #: Orders whose unclaimed fills the adapter keeps (see ``HyperliquidExchange._fills``).
@@ -47,6 +55,8 @@ class HyperliquidExchange:
         self.timeout_s = timeout_s
         self._exchange = None
         self._info = None
+        #: token -> the venue's max leverage and size decimals, from ``Info.meta()`` at start
+        self.assets: dict[str, AssetSpec] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # oid -> fills received (WebSocket fills may arrive before the HTTP answer); fills of orders
         # nobody waits for (placed elsewhere on the account, or after a timeout) are kept for the
@@ -69,8 +79,10 @@ class HyperliquidExchange:
             self._info = await asyncio.to_thread(Info, self.base_url, False, None, None, None, self.timeout_s)
             self._exchange = await asyncio.to_thread(
                 Exchange, wallet, self.base_url, None, None, self.account_address, None, None, self.timeout_s)
+            meta = await asyncio.to_thread(self._info.meta)
         except Exception as exc:  # requests errors carry no secret; the key is never in them
             raise ExchangeError(f"HyperLiquid at {self.base_url} unreachable: {type(exc).__name__}") from None
+        self.assets = asset_specs(meta)
         self._info.subscribe({"type": "userFills", "user": self.account_address}, self._on_ws_fills)
         log.info("HyperLiquid adapter started for %s at %s", self.account_address, self.base_url)
 
@@ -118,6 +130,50 @@ class HyperliquidExchange:
             return self._fills.pop(oid, [])
         finally:
             self._waiters.pop(oid, None)
+
+    async def _ask(self, what: str, fn, *args):
+        if self._info is None:
+            raise ExchangeError("HyperLiquid adapter not started")
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            raise ExchangeError(f"HyperLiquid {what} failed: {type(exc).__name__}") from None
+
+    async def order_status(self, order: Order) -> OrderResult | None:
+        """The outcome of an order by its ``cloid`` (see :meth:`exchanges.base.Exchange.order_status`).
+        Raises :class:`ExchangeError` when HyperLiquid cannot be asked or answers something unreadable."""
+        from hyperliquid.utils.types import Cloid
+
+        resp = await self._ask("order status", self._info.query_order_by_cloid, self.account_address,
+                               Cloid.from_str(order.client_order_id))
+        if not isinstance(resp, dict) or "status" not in resp:
+            raise ExchangeError(f"HyperLiquid answered an unreadable order status: {str(resp)[:200]}")
+        if resp["status"] == "unknownOid":
+            return None
+        try:
+            oid, state = int(resp["order"]["order"]["oid"]), str(resp["order"]["status"])
+        except (KeyError, TypeError, ValueError):
+            raise ExchangeError(f"HyperLiquid answered an unreadable order status: {str(resp)[:200]}") from None
+        history = await self._ask("user fills", self._info.user_fills, self.account_address)
+        raw = [f for f in history if isinstance(f, dict) and f.get("oid") == oid] if isinstance(history, list) else []
+        self._fills.pop(oid, None)
+        fills = [Fill(f"hl-{f['tid']}", float(f["sz"]), float(f["px"]), float(f.get("fee", 0.0)),
+                      int(f.get("time", order.ts_ms))) for f in raw]
+        total = sum(f.size for f in fills)
+        if not fills:
+            return OrderResult("rejected", str(oid), [], f"HyperLiquid: order {state}, nothing filled")
+        st = "filled" if total >= order.size - 1e-12 else "partially_filled"
+        return OrderResult(st, str(oid), fills, None if st == "filled" else
+                           f"IOC remainder {order.size - total:g} cancelled (order {state})")
+
+    async def positions(self) -> dict[str, float]:
+        """Open positions, coin -> signed size (``assetPositions[].position.szi``)."""
+        state = await self._ask("user state", self._info.user_state, self.account_address)
+        try:
+            out = {p["position"]["coin"]: float(p["position"]["szi"]) for p in state.get("assetPositions", [])}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ExchangeError(f"HyperLiquid answered an unreadable user state: {str(state)[:200]}") from None
+        return {coin: size for coin, size in out.items() if size != 0.0}
 
     async def submit(self, order: Order) -> OrderResult:
         from hyperliquid.utils.types import Cloid
@@ -167,3 +223,27 @@ class HyperliquidExchange:
         st = "filled" if total >= order.size - 1e-12 else "partially_filled"
         return OrderResult(st, str(oid), fills, None if st == "filled" else
                            f"IOC remainder {order.size - total:g} cancelled")
+
+
+def asset_specs(meta) -> dict[str, AssetSpec]:
+    """Max leverage and size decimals per listed perpetual from an ``Info.meta()`` answer
+    (``{"universe": [{"name", "szDecimals", "maxLeverage", "isDelisted"?}, ...]}``); delisted and
+    unreadable entries are left out.
+
+    Raises:
+        ExchangeError: the answer has no universe list.
+    """
+    universe = meta.get("universe") if isinstance(meta, dict) else None
+    if not isinstance(universe, list):
+        raise ExchangeError(f"HyperLiquid answered an unreadable meta: {str(meta)[:200]}")
+    out: dict[str, AssetSpec] = {}
+    for u in universe:
+        try:
+            if u.get("isDelisted"):
+                continue
+            lev, dec = float(u["maxLeverage"]), int(u["szDecimals"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        if lev >= 1 and 0 <= dec <= 8:
+            out[str(u["name"])] = AssetSpec(lev, dec)
+    return out

@@ -24,6 +24,7 @@ _MEMORY = 10_000
 
 class PaperExchange:
     name = "paper"
+    assets = None  # the configured table is the paper venue's metadata
 
     def __init__(self, fee_bps: float = 4.5, slippage_bps: float = 1.0, level_notional_usd: float = 250_000.0,
                  level_step_bps: float = 1.0, max_levels: int = 20, latency_ms: float = 0.0):
@@ -72,6 +73,13 @@ class PaperExchange:
         status = "filled" if remaining <= 1e-12 else "partially_filled"
         return OrderResult(status, order_id, fills,
                            None if status == "filled" else f"IOC remainder {remaining:g} cancelled: book exhausted")
+
+    async def order_status(self, order: Order) -> OrderResult | None:
+        """The remembered outcome of ``order``'s client order id (the last 10,000), or None."""
+        return self._seen.get(order.client_order_id)
+
+    async def positions(self) -> None:
+        return None  # positions live only in the portfolio
 
     async def submit(self, order: Order) -> OrderResult:
         if self.latency_ms > 0:

@@ -15,7 +15,7 @@ documents what it does when a partition it reads is revoked (``on_revoked``).
 | consensus.ConsensusProcessor | signal.generated | windows | trade.consensus_approved, signal.consensus_failed |
 | sentiment.SentimentProcessor | sentiment.updates | windows | signal.generated |
 | correlation.CorrelationProcessor | sentiment.updates, price.minutes | windows, correlations | correlation.detected |
-| execution.ExecutionProcessor | execution.requests, orders | execution_state | trade.placed/rejected/executed, risk.constraint_violation |
+| execution.ExecutionProcessor | execution.requests, orders | execution_state | trade.placed/rejected/executed/outcome_unknown, risk.constraint_violation, risk.alert |
 | portfolio.PortfolioProcessor | trade.executed | portfolio, exposures | position.closed, state.changed |
 | llm.LLMAdvisor | (bar closes of the trading processor) | - | signal.generated, signal.error |
 """

@@ -20,6 +20,19 @@ may have moved past the decision), so the same decisions give the same orders at
 
 Closing orders (force-close, close-all) are reduce-only: they skip the halt flag, exposure,
 balance and minimum-notional checks. Revocation changes nothing: the state is in the stores.
+
+Unknown outcomes: when an order's answer is lost through every retry, the exchange is asked for
+the order by its client order id before anything is concluded. Not there: it was never placed,
+``trade.rejected`` and the id is released (a redelivery may try again). There: its fills are
+reported as if the answer had arrived. The exchange cannot be asked either:
+``trade.outcome_unknown`` and a ``risk.alert`` (``order_outcome_unknown``), and the id stays
+submitted, so the order is never sent twice.
+
+Venue state: once the adapter has started, the asset metadata it publishes (HyperLiquid's
+``meta``) replaces the configured entries in ``config.assets`` (a table the worker shares with the
+risk processor); and at the first order of each account after start, the venue's open positions
+are compared with the portfolio's (fills in flight included), any difference being a
+``risk.alert`` (``position_mismatch``, the sizes per token) for an operator.
 """
 
 from __future__ import annotations
@@ -124,6 +137,7 @@ class ExecutionProcessor:
         #: one at a time per account: a runtime may run a force-close in another task (the tick
         #: stream) while the engine's own stream handles the same account
         self._accounts: dict[str, asyncio.Lock] = {}
+        self._reconciled: set[str] = set()  # accounts whose venue positions were compared since start
 
     def _count(self, status: str) -> None:
         child = self._orders.get(status)
@@ -141,8 +155,50 @@ class ExecutionProcessor:
             async with self._lock:
                 if not self._started:
                     await self.exchange.start()
+                    self._adopt_venue_assets()
                     self._started = True
         return self.exchange
+
+    def _adopt_venue_assets(self) -> None:
+        venue = getattr(self.exchange, "assets", None)
+        assets = self.config.assets
+        if not venue or not isinstance(assets, dict):
+            return
+        changed = {t: (assets.get(t), spec) for t, spec in venue.items() if t in assets and assets[t] != spec}
+        assets.update(venue)
+        for token, (before, now) in sorted(changed.items()):
+            log.warning("%s metadata of %s: %s (configured %s)", self.exchange.name, token, now, before)
+        log.info("%s asset metadata loaded: %d listed perpetuals", self.exchange.name, len(venue))
+
+    async def reconcile(self, account: str, timestamp: int) -> list:
+        """Once per account after start: the venue's open positions against the portfolio's (fills
+        in flight included). Returns a ``risk.alert`` (``position_mismatch``) listing the tokens
+        whose sizes differ, or nothing (no difference, or a venue that keeps no positions). When the
+        venue cannot be asked, nothing is concluded and the next order asks again."""
+        if account in self._reconciled:
+            return []
+        adapter = await self.adapter()
+        try:
+            venue = await adapter.positions()
+        except ExchangeError as exc:
+            log.warning("positions of %s on %s unavailable, not reconciled yet: %s", account, adapter.name, exc)
+            return []
+        self._reconciled.add(account)
+        if venue is None:
+            return []
+        book = _Book(account, self.state, self.config)
+        mine = {t: p["size"] for t, p in book.positions.items()}
+        diff = {t: {"exchange": venue.get(t, 0.0), "portfolio": mine.get(t, 0.0)}
+                for t in sorted(set(venue) | set(mine)) if abs(venue.get(t, 0.0) - mine.get(t, 0.0)) > 1e-9}
+        if not diff:
+            log.info("positions of %s on %s agree with the portfolio (%d open)", account, adapter.name, len(mine))
+            return []
+        log.warning("positions of %s on %s differ from the portfolio: %s", account, adapter.name, diff)
+        return [RiskEvent(event_id=derived_id("reconcile", account, timestamp, sorted(diff.items())),
+                          event_type="risk.alert", timestamp=timestamp, source="execution", account=account,
+                          severity="CRITICAL", violation_type="position_mismatch",
+                          action_required="positions on the exchange differ from the portfolio: check before "
+                                          "trading on", metrics={"positions": diff})]
 
     async def process(self, event, partition=None, account: str | None = None) -> list:
         """Handle one approval (``account``: the message key, else the configured account) or
@@ -152,11 +208,12 @@ class ExecutionProcessor:
             if event.event_type != "trade.force_close":
                 return []
             async with self._lock_of(event.account):
-                return await self.on_force_close(event.account, event)
+                return [*await self.reconcile(event.account, event.timestamp),
+                        *await self.on_force_close(event.account, event)]
         if isinstance(event, ConsensusDecision) and event.event_type == "trade.consensus_approved":
             account = account or self.config.account
             async with self._lock_of(account):
-                return await self.on_approval(account, event)
+                return [*await self.reconcile(account, event.timestamp), *await self.on_approval(account, event)]
         return []
 
     def _lock_of(self, account: str) -> asyncio.Lock:
@@ -194,14 +251,27 @@ class ExecutionProcessor:
             except ExchangeError as exc:
                 EXCHANGE_ERRORS.labels(adapter.name).inc()
                 if delay is None:
-                    result = OrderResult("rejected", None, [], f"exchange error: {exc}")
-                    st["submitted"].remove(order.client_order_id)  # a redelivery may try again
-                    store[book.account] = st
+                    result = await self._look_up(adapter, order, exc)
+                    if result is None or result.order_id is None:  # unknown, or never placed
+                        if result is not None:
+                            st["submitted"].remove(order.client_order_id)  # a redelivery may try again
+                            store[book.account] = st
                     break
                 log.warning("exchange error on %s (retrying in %.1fs): %s", order.client_order_id, delay, exc)
                 await asyncio.sleep(delay)
-        self._count(result.status)
         base = dict(client_order_id=order.client_order_id, side=order.side, reduce_only=order.reduce_only, **common)
+        if result is None:
+            self._count("unknown")
+            reason = f"no answer from {adapter.name} and the order cannot be looked up: it may have been placed"
+            return [OrderEvent(event_id=derived_id("unknown", order.client_order_id),
+                               event_type="trade.outcome_unknown", size=order.size, price=order.reference_price,
+                               reason=reason, decision_id=decision_id, **base),
+                    RiskEvent(event_id=derived_id("unknown_alert", order.client_order_id), event_type="risk.alert",
+                              severity="CRITICAL", violation_type="order_outcome_unknown",
+                              action_required=f"check order {order.client_order_id} on {adapter.name}: {reason}",
+                              metrics={"client_order_id": order.client_order_id, "side": order.side,
+                                       "size": order.size}, **common)]
+        self._count(result.status)
         if result.status == "rejected":
             return [OrderEvent(event_id=derived_id("rejected", order.client_order_id), event_type="trade.rejected",
                                size=order.size, price=order.reference_price, reason=result.reason,
@@ -226,6 +296,23 @@ class ExecutionProcessor:
                                   size=max(0.0, order.size - result.filled_size), price=order.reference_price,
                                   reason=result.reason, decision_id=decision_id, **base))
         return out
+
+    async def _look_up(self, adapter: Exchange, order: Order, error: ExchangeError) -> OrderResult | None:
+        """After the last retry: the order's outcome from the exchange by client order id; a
+        ``rejected`` result without an order id when it was never placed; None when unknown."""
+        try:
+            found = await adapter.order_status(order)
+        except ExchangeError as exc:
+            EXCHANGE_ERRORS.labels(adapter.name).inc()
+            log.error("order %s: no answer (%s) and no order status (%s): outcome unknown, id kept",
+                      order.client_order_id, error, exc)
+            return None
+        if found is None:
+            return OrderResult("rejected", None, [], f"exchange error: {error} (the exchange has no order "
+                                                     f"{order.client_order_id}: not placed)")
+        log.warning("order %s: answer lost (%s); the exchange reports it %s with %d fill(s)",
+                    order.client_order_id, error, found.status, len(found.fills))
+        return found
 
     async def on_approval(self, account: str, d: ConsensusDecision) -> list:
         """Size, check and place the order of one approval; returns the events to emit, in order."""

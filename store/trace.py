@@ -131,7 +131,7 @@ def _summary(node: dict) -> str:
         extra = f" ({d['reason']})" if d.get("reason") else ""
         return (f"{d.get('recommended_action')} score {d.get('consensus_score')} confidence {d.get('confidence')} "
                 f"agents {','.join(d.get('contributing_agents') or [])}{extra}")
-    if t in ("trade.placed", "trade.rejected", "trade.force_close"):
+    if t in ("trade.placed", "trade.rejected", "trade.force_close", "trade.outcome_unknown"):
         extra = f" ({d['reason']})" if d.get("reason") else ""
         return f"{d.get('account')} {d.get('side')} {d.get('size')} {d.get('token') or ''} id {d.get('client_order_id')}{extra}"
     if t == "trade.executed":

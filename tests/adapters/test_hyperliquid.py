@@ -93,3 +93,40 @@ def test_unclaimed_fills_are_bounded_but_awaited_orders_kept():
     assert len(ex._fills) == hyperliquid.MAX_UNCLAIMED_ORDERS
     assert 0 in ex._fills and ex._waiters[0].is_set()
     assert 1 not in ex._fills and n - 1 in ex._fills  # the oldest unclaimed went first
+
+
+async def test_asset_metadata_comes_from_the_venues_meta(hl):
+    """Info.meta() at start: max leverage and size decimals as HyperLiquid lists them."""
+    from domain.risk import AssetSpec
+
+    server, adapter = hl
+    assert adapter.assets == {"BTC": AssetSpec(40, 5), "ETH": AssetSpec(25, 4)}
+    server.universe[0].update(maxLeverage=50, szDecimals=4)
+    server.universe.append({"name": "OLD", "szDecimals": 2, "maxLeverage": 3, "isDelisted": True})
+    again = HyperliquidExchange(KEY, server.url)
+    await again.start()
+    try:
+        assert again.assets == {"BTC": AssetSpec(50, 4), "ETH": AssetSpec(25, 4)}, "the venue's values; delisted left out"
+    finally:
+        await again.stop()
+
+
+async def test_an_order_whose_answer_was_lost_is_found_by_its_cloid(hl):
+    from exchanges.base import ExchangeError
+
+    server, adapter = hl
+    server.lose_answers = 1  # executed, but the answer never comes back
+    lost = order(0.02, cloid="0x" + "6f" * 16)
+    with pytest.raises(ExchangeError):
+        await adapter.submit(lost)
+    found = await adapter.order_status(lost)
+    assert found.status == "filled" and found.order_id == "77747314"
+    assert sorted(f.fill_id for f in found.fills) == ["hl-500000001", "hl-500000002"]
+    assert sum(f.size for f in found.fills) == pytest.approx(0.02)
+    assert await adapter.order_status(order(0.02, cloid="0x" + "70" * 16)) is None, "never placed"
+    assert await adapter.positions() == {"BTC": pytest.approx(0.02)}
+    server.info_down = True
+    with pytest.raises(ExchangeError):
+        await adapter.order_status(lost)
+    with pytest.raises(ExchangeError):
+        await adapter.positions()

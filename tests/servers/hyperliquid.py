@@ -6,6 +6,12 @@ request and response JSON of HyperLiquid's API as its official Python SDK sends 
 ``recover_agent_or_user_from_l1_action`` (testnet domain, as the SDK signs for any URL but
 mainnet's), refuses a reused ``cloid`` and orders under $10, fills IOC orders at the mid in up
 to two parts, and pushes the fills on the ``userFills`` channel before answering.
+
+``/info`` also answers ``meta`` (``universe``, editable), ``orderStatus`` by ``cloid``
+(``{"status": "unknownOid"}`` for one never placed), ``userFills`` and ``clearinghouseState``
+(``assetPositions`` from the fills). ``lose_answers = n`` executes the next ``n`` orders but
+answers 502 (the answer lost on the way back), ``drop_orders = n`` answers 502 to the next ``n`` without
+executing them (lost on the way in); ``info_down`` answers 503 to every ``/info``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ class FakeHyperliquid:
         self._oid = itertools.count(77_747_314)
         self._tid = itertools.count(500_000_001)
         self._sockets: set = set()
+        self.universe = [dict(u) for u in UNIVERSE]
+        self.by_cloid: dict[str, dict] = {}  # cloid -> {"order": ..., "status": ...} (orderStatus)
+        self.fills: list[dict] = []  # every fill, oldest first (userFills answers newest first)
+        self.lose_answers = 0
+        self.drop_orders = 0
+        self.info_down = False
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -55,8 +67,21 @@ class FakeHyperliquid:
     async def info(self, request: web.Request) -> web.Response:
         body = await request.json()
         kind = body.get("type")
+        if self.info_down:
+            return web.Response(status=503, text="upstream unavailable")
         if kind == "meta":
-            return web.json_response({"universe": UNIVERSE})
+            return web.json_response({"universe": self.universe})
+        if kind == "orderStatus":
+            found = self.by_cloid.get(body.get("oid"))
+            return web.json_response({"status": "order", "order": found} if found else {"status": "unknownOid"})
+        if kind == "userFills":
+            return web.json_response(list(reversed(self.fills)))
+        if kind == "clearinghouseState":
+            sizes: dict[str, float] = {}
+            for f in self.fills:
+                sizes[f["coin"]] = sizes.get(f["coin"], 0.0) + float(f["sz"]) * (1 if f["side"] == "B" else -1)
+            return web.json_response({"assetPositions": [
+                {"type": "oneWay", "position": {"coin": c, "szi": str(round(v, 8))}} for c, v in sizes.items() if v]})
         if kind == "spotMeta":
             return web.json_response({"tokens": [], "universe": []})
         if kind == "allMids":
@@ -66,6 +91,9 @@ class FakeHyperliquid:
     async def exchange(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.orders.append(body)
+        if self.drop_orders > 0:  # lost on the way in: nothing executed
+            self.drop_orders -= 1
+            return web.Response(status=502, text="bad gateway")
         action = body["action"]
         signer = recover_agent_or_user_from_l1_action(action, body["signature"], body.get("vaultAddress"),
                                                       body["nonce"], body.get("expiresAfter"), False)
@@ -76,7 +104,7 @@ class FakeHyperliquid:
             return web.json_response({"status": "err", "response": "unsupported action"})
         statuses, fills = [], []
         for o in action["orders"]:
-            coin = UNIVERSE[o["a"]]["name"]
+            coin = self.universe[o["a"]]["name"]
             px, sz, is_buy = float(o["p"]), float(o["s"]), o["b"]
             mid = self.mids[coin]
             cloid = o.get("c")
@@ -92,7 +120,7 @@ class FakeHyperliquid:
             oid = next(self._oid)
             if cloid is not None:
                 self._cloids[cloid] = oid
-            parts = [round(sz / 2, UNIVERSE[o["a"]]["szDecimals"])] if self.split and sz > 0.001 else []
+            parts = [round(sz / 2, self.universe[o["a"]]["szDecimals"])] if self.split and sz > 0.001 else []
             parts.append(round(sz - sum(parts), 8))
             now = int(time.time() * 1000)
             for part in parts:
@@ -101,9 +129,17 @@ class FakeHyperliquid:
                               "closedPnl": "0.0", "hash": "0x" + "00" * 32, "oid": oid, "crossed": True,
                               "fee": str(round(part * mid * self.fee_rate, 6)), "tid": next(self._tid),
                               "feeToken": "USDC", **({"cloid": cloid} if cloid else {})})
+            if cloid is not None:
+                self.by_cloid[cloid] = {"order": {"coin": coin, "side": "B" if is_buy else "A", "limitPx": o["p"],
+                                                  "sz": "0.0", "origSz": o["s"], "oid": oid, "cloid": cloid,
+                                                  "timestamp": now}, "status": "filled", "statusTimestamp": now}
             statuses.append({"filled": {"totalSz": str(sz), "avgPx": str(mid), "oid": oid}})
+        self.fills += fills
         if fills:
             await self.push({"channel": "userFills", "data": {"user": self.address, "fills": fills}})
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            return web.Response(status=502, text="bad gateway")
         return web.json_response({"status": "ok", "response": {"type": "order", "data": {"statuses": statuses}}})
 
     async def push(self, msg: dict) -> None:
