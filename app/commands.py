@@ -82,7 +82,7 @@ async def feed(self, file: str, speed: str, token: str | None, limit: str, max_g
         fail(str(exc))
     if not rows:
         fail(f"{file}: no ticks in the file")
-    await declare_topics()
+    await declare_topics(["price.ticks"])
     topic = TOPICS["price.ticks"]
     vol = RollingVolume()
     source = Path(file).name
@@ -132,7 +132,7 @@ async def sentiment_feed(self, file: str, tokens: str, rate: str, start_ms: str,
         updates = list(read_updates(file, names, start, per_s))
     except FeedError as exc:
         fail(str(exc))
-    await declare_topics()
+    await declare_topics(["sentiment.updates"])
     topic = TOPICS["sentiment.updates"]
     self.say(f"feeding {len(updates)} scored texts to {topic.get_topic_name()} for {names} at {per_s}/s, speed {speed}")
     t0 = time.monotonic()
@@ -187,7 +187,7 @@ async def ingest(self, exchange: str, symbols: str | None, url: str | None, trad
     # A feed sends one tick per frame as it comes: batching by linger only adds latency here.
     # (Set before anything creates the producer.)
     app.conf.producer_linger = 0.0
-    await declare_topics()
+    await declare_topics(["price.ticks", "liquidation.events", "dead.letters"])
     producer = await app.maybe_start_producer()
 
     async def publish(key: bytes, value: bytes, event_type: str):
@@ -523,3 +523,60 @@ async def migrate(self) -> None:
     finally:
         await store.close()
     self.say(f"event store at schema version {version}")
+
+
+#: The ACLs of each service role (see the file's "about").
+ACL_SPEC = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "acls.json"
+
+
+def acl_bindings(spec: dict, prefix: str, app_id: str) -> list[tuple[str, list[str]]]:
+    """``(principal, kafka-acls arguments)`` for every binding of ``spec`` (``deploy/kafka/acls.json``'s
+    shape), ``{prefix}`` and ``{app_id}`` filled in: ``--add --allow-principal User:<name>``, one
+    ``--operation`` per operation and the resource (``--topic``/``--group`` with
+    ``--resource-pattern-type``, or ``--cluster``), as Kafka's ``kafka.admin.AclCommand`` takes them.
+
+    Raises:
+        ValueError: a binding names an unknown resource or pattern type, or no operation.
+    """
+    out = []
+    for principal, role in spec["principals"].items():
+        for b in role["bindings"]:
+            if not b.get("operations"):
+                raise ValueError(f"{principal}: a binding without operations: {b}")
+            args = ["--add", "--allow-principal", f"User:{principal}"]
+            for op in b["operations"]:
+                args += ["--operation", op]
+            kind = b["resource"]
+            if kind == "cluster":
+                args.append("--cluster")
+            elif kind in ("topic", "group"):
+                pattern = b.get("pattern", "literal")
+                if pattern not in ("literal", "prefixed"):
+                    raise ValueError(f"{principal}: pattern must be literal or prefixed, got {pattern!r}")
+                name = b["name"].format(prefix=prefix, app_id=app_id)
+                if not name:  # an empty prefix (no TOPIC_PREFIX): every resource of the kind
+                    name, pattern = "*", "literal"
+                args += [f"--{kind}", name, "--resource-pattern-type", pattern]
+            else:
+                raise ValueError(f"{principal}: resource must be topic, group or cluster, got {kind!r}")
+            out.append((principal, args))
+    return out
+
+
+@app.command(
+    option("--bootstrap-server", default=None, help="Brokers for kafka-acls.sh (default: KAFKA_BROKER's)."),
+    option("--command-config", default="admin.properties", show_default=True,
+           help="kafka-acls.sh client properties of an admin principal."),
+)
+async def acls(self, bootstrap_server: str | None, command_config: str) -> None:
+    """Print the kafka-acls.sh commands that grant each service role (deploy/kafka/acls.json) its
+    rights on this deployment's topics (TOPIC_PREFIX) and groups (APP_ID)."""
+    import shlex
+
+    try:
+        bindings = acl_bindings(json.loads(ACL_SPEC.read_text()), settings.topic_prefix, settings.app_id)
+    except (OSError, ValueError, KeyError) as exc:
+        fail(f"{ACL_SPEC}: {exc}")
+    servers = bootstrap_server or ",".join(settings.bootstrap_servers)
+    for principal, args in bindings:
+        print(shlex.join(["kafka-acls.sh", "--bootstrap-server", servers, "--command-config", command_config, *args]))

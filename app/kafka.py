@@ -1,6 +1,6 @@
 """Faust parts adjusted for this app: a worker's first start cannot hang on a topic it has just
 created (``docs/architecture.md``, "A worker's first start"), and its consumer does not sit on a
-drained partition (:class:`App`).
+drained partition (:class:`App`), and its producer is idempotent (:class:`_Producer`).
 
 * :class:`Topic` returns from ``declare()`` only once every broker's metadata lists the topic.
   Faust creates its internal topics (table changelogs, the assignor's leader topic) right before
@@ -113,8 +113,18 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class _Producer(faust_aiokafka.Producer):
+    def _settings_extra(self):
+        # An idempotent producer (Kafka's KIP-98: sequence numbers per partition) keeps a
+        # partition's messages in order and once through its retries. Without it, a broker outage
+        # mid-feed let a retried batch land twice or behind a later one: a bar closed on another
+        # tick and fills came out cents apart from the run without the outage.
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class App(faust.App):

@@ -156,10 +156,13 @@ async def emit(event: Envelope, topic_name: str | None = None, wait: bool = Fals
     AGENT_EVENTS.labels(event.source, "out").inc()
 
 
-async def declare_topics() -> None:
-    """Create every topic with its partitions and retention if it does not exist yet."""
-    for topic in TOPICS.values():
-        await topic.maybe_declare()
+async def declare_topics(names=None) -> None:
+    """Create the catalogue's topics ``names`` (all by default) with their partitions and
+    retention if they do not exist yet. A feed declares only what it writes: with ACLs, its
+    principal may create nothing else."""
+    for name, topic in TOPICS.items():
+        if names is None or name in names:
+            await topic.maybe_declare()
 
 
 @app.task

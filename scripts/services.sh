@@ -188,7 +188,8 @@ case "${1:-}" in
     rm -rf "$KAFKA_DIR/data" "$KAFKA_DIR/logs" "$(pg_dir)"
     say "services: data deleted" ;;
   kafka-up) kafka_up ;;
+  kafka-down) kafka_down ;;
   pg-up) pg_up ;;
   pg-down) pg_down ;;
-  *) say "usage: $0 up|down|status|purge|kafka-up|pg-up|pg-down"; exit 2 ;;
+  *) say "usage: $0 up|down|status|purge|kafka-up|kafka-down|pg-up|pg-down"; exit 2 ;;
 esac

@@ -151,3 +151,26 @@ def test_compose_cluster_id_is_a_kraft_cluster_id():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     cid = compose["x-broker"]["environment"]["CLUSTER_ID"]
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16, "kafka-storage format needs a 16-byte id"
+
+
+def test_kafka_acls_render_per_role_and_give_ingest_no_order_path():
+    """deploy/kafka/acls.json renders to kafka-acls arguments; the feed role writes market data
+    only, the reader writes nothing, and an empty TOPIC_PREFIX becomes the literal wildcard."""
+    import json
+
+    from app.commands import ACL_SPEC, acl_bindings
+
+    spec = json.loads(ACL_SPEC.read_text())
+    rendered = acl_bindings(spec, "prod.", "moondev")
+    by = {}
+    for principal, args in rendered:
+        by.setdefault(principal, []).append(args)
+    assert set(by) == {"moondev", "ingest", "reader"}
+    ingest_topics = {a[a.index("--topic") + 1] for a in by["ingest"] if "--topic" in a}
+    assert ingest_topics == {"prod.price.ticks", "prod.liquidation.events", "prod.sentiment.updates",
+                             "prod.dead.letters"}
+    assert not any("Read" in a for a in by["ingest"])
+    assert not any(op in a for a in by["reader"] for op in ("Write", "Create", "All"))
+    wide = acl_bindings(spec, "", "moondev")
+    assert ["--topic", "*", "--resource-pattern-type", "literal"] == [
+        x for x in wide[0][1] if x in ("--topic", "*", "--resource-pattern-type", "literal")]
