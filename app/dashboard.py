@@ -41,7 +41,7 @@ from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.main import aiokafka_connection, app, decode_checked, settings
-from core.metrics import (DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
+from core.metrics import (BOUNDS_HIT, DASHBOARD_CLIENTS, DASHBOARD_DELIVERY_SECONDS, DASHBOARD_DROPPED, DASHBOARD_MESSAGES)
 from app.sla import sla
 from domain.halt import halt_transition
 from models.events import EventError
@@ -82,13 +82,15 @@ MAX_ACCOUNTS = 10_000
 MAX_TOKENS = 1_000
 
 
-def _bounded_set(store: dict, key, value, cap: int, age) -> None:
+def _bounded_set(store: dict, key, value, cap: int, age, bound: str) -> None:
     """``store[key] = value``, then, over ``cap`` keys, drop the other key whose ``age(value)`` is
-    the smallest (O(n), only when a new key overflows)."""
+    the smallest (O(n), only when a new key overflows; counted as ``bound`` in
+    ``moondev_bounds_hit_total``)."""
     new = key not in store
     store[key] = value
     if new and len(store) > cap:
         del store[min((k for k in store if k != key), key=lambda k: age(store[k]))]
+        BOUNDS_HIT.labels(bound).inc()
 
 
 class Hub:
@@ -123,14 +125,16 @@ class Hub:
             if account:
                 prev = self.accounts.get(account)
                 if prev is None or event.get("timestamp", 0) >= prev.get("timestamp", 0):
-                    _bounded_set(self.accounts, account, event, MAX_ACCOUNTS, lambda e: e.get("timestamp", 0))
+                    _bounded_set(self.accounts, account, event, MAX_ACCOUNTS, lambda e: e.get("timestamp", 0),
+                                 "dashboard_accounts")
         elif kind == "price":
             token, price, ts = event.get("token"), event.get("price"), event.get("timestamp")
             if token and price and ts:
                 series = self.prices.get(token)
                 if series is None:
                     series = collections.deque(maxlen=PRICE_POINTS)
-                    _bounded_set(self.prices, token, series, MAX_TOKENS, lambda p: p[-1][0] if p else 0)
+                    _bounded_set(self.prices, token, series, MAX_TOKENS, lambda p: p[-1][0] if p else 0,
+                                 "dashboard_tokens")
                     self._price_dirty = {t: v for t, v in self._price_dirty.items() if t in self.prices}
                 sec = ts // 1000 * 1000
                 if series and series[-1][0] == sec:

@@ -115,19 +115,25 @@ CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's hi
                      ["topic", "partition"], registry=REGISTRY)
 
 
+BOUNDS_HIT = Counter("moondev_bounds_hit_total", "Times a bounded map, memory or label set was full and dropped or "
+                     "folded an entry, or a wait was capped, by bound", ["bound"], registry=REGISTRY)
+
+
 class BoundedLabel:
     """A label value from data (an account): the first ``cap`` distinct values are kept as they
-    are, later ones become ``other``, so whatever reaches a topic, a worker's metric series stay
-    bounded."""
+    are, later ones become ``other`` (counted in ``moondev_bounds_hit_total{bound=name}``), so
+    whatever reaches a topic, a worker's metric series stay bounded."""
 
-    def __init__(self, cap: int = 1_000) -> None:
+    def __init__(self, cap: int = 1_000, name: str = "account_label") -> None:
         self.cap = cap
+        self.name = name
         self.seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
         if value in self.seen:
             return value
         if len(self.seen) >= self.cap:
+            BOUNDS_HIT.labels(self.name).inc()
             return "other"
         self.seen.add(value)
         return value

@@ -33,6 +33,7 @@ import collections
 import logging
 import time
 
+from core.metrics import BOUNDS_HIT
 from domain.risk import AssetSpec
 from exchanges.base import ExchangeError, Fill, Order, OrderResult
 
@@ -113,6 +114,7 @@ class HyperliquidExchange:
         if excess > 0:  # the oldest orders nobody waits for
             for stale in [o for o in self._fills if o not in self._waiters][:excess]:
                 del self._fills[stale]
+                BOUNDS_HIT.labels("hyperliquid_unclaimed_fills").inc()
 
     async def _await_fills(self, oid: int, total: float) -> list[dict] | None:
         deadline = time.monotonic() + self.fill_timeout_s

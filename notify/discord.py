@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from core.metrics import NOTIFICATIONS
+from core.metrics import BOUNDS_HIT, NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 MAX_EMBEDS = 10
@@ -65,6 +65,8 @@ class DiscordNotifier:
             except (TypeError, ValueError):
                 continue
             if seconds == seconds and seconds >= 0:  # not NaN
+                if seconds > self.max_wait_seconds:
+                    BOUNDS_HIT.labels("discord_wait").inc()
                 return min(seconds, self.max_wait_seconds)
         return min(1.0, self.max_wait_seconds)
 

@@ -99,6 +99,9 @@ async def test_server_errors_are_retried_and_the_url_is_never_logged(discord, ca
 async def test_a_hostile_rate_limit_answer_neither_kills_nor_stalls_the_notifier(discord, retry_after):
     """A 429 whose ``retry_after`` and headers are not numbers, are absurdly long, NaN or
     negative: the wait is bounded (``max_wait_seconds``) and the message still goes out."""
+    from core.metrics import BOUNDS_HIT
+
+    capped = BOUNDS_HIT.labels("discord_wait")._value.get()
     discord.rate_limit_next, discord.retry_after = 1, retry_after
     n = DiscordNotifier(discord.url, batch_seconds=0.1, max_wait_seconds=0.3)
     await n.start()
@@ -109,3 +112,5 @@ async def test_a_hostile_rate_limit_answer_neither_kills_nor_stalls_the_notifier
     await wait_for(lambda: len(discord.received) == 2, timeout=5.0)
     await n.stop()
     assert discord.received[0][0] - t0 < 2.0
+    if retry_after == 1e9:
+        assert BOUNDS_HIT.labels("discord_wait")._value.get() > capped, "the cap counted"

@@ -83,8 +83,10 @@ def test_unclaimed_fills_are_bounded_but_awaited_orders_kept():
     kept for the most recent MAX_UNCLAIMED_ORDERS orders; an order being awaited is never dropped."""
     import asyncio
 
+    from core.metrics import BOUNDS_HIT
     from exchanges import hyperliquid
 
+    before = BOUNDS_HIT.labels("hyperliquid_unclaimed_fills")._value.get()
     ex = hyperliquid.HyperliquidExchange("0x" + "11" * 32, "http://127.0.0.1:9")
     ex._waiters[0] = asyncio.Event()
     n = hyperliquid.MAX_UNCLAIMED_ORDERS + 50
@@ -93,6 +95,7 @@ def test_unclaimed_fills_are_bounded_but_awaited_orders_kept():
     assert len(ex._fills) == hyperliquid.MAX_UNCLAIMED_ORDERS
     assert 0 in ex._fills and ex._waiters[0].is_set()
     assert 1 not in ex._fills and n - 1 in ex._fills  # the oldest unclaimed went first
+    assert BOUNDS_HIT.labels("hyperliquid_unclaimed_fills")._value.get() - before == 50, "each drop counted"
 
 
 async def test_asset_metadata_comes_from_the_venues_meta(hl):

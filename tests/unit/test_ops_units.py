@@ -212,7 +212,12 @@ def test_dashboard_hub_keeps_bounded_accounts_and_tokens(monkeypatch):
     """Whatever is written to the topics it reads, the hub keeps at most MAX_ACCOUNTS accounts and
     MAX_TOKENS price series, dropping the one seen longest ago."""
     from app import dashboard
+    from core.metrics import BOUNDS_HIT
 
+    def hits(bound: str) -> float:
+        return BOUNDS_HIT.labels(bound)._value.get()
+
+    before = hits("dashboard_accounts"), hits("dashboard_tokens")
     monkeypatch.setattr(dashboard, "MAX_ACCOUNTS", 100)
     monkeypatch.setattr(dashboard, "MAX_TOKENS", 10)
     hub = dashboard.Hub(10)
@@ -223,13 +228,17 @@ def test_dashboard_hub_keeps_bounded_accounts_and_tokens(monkeypatch):
         hub.apply("price", {"token": f"T{i}", "price": 1.0, "timestamp": 1_723_161_280_000 + 1000 * i})
     assert len(hub.prices) == 10 and "T0" not in hub.prices and list(hub.prices["T14"])[-1][1] == 1.0
     assert set(hub._price_dirty) <= set(hub.prices)
+    assert (hits("dashboard_accounts") - before[0], hits("dashboard_tokens") - before[1]) == (50, 5), "each drop counted"
 
 
 def test_bounded_label_keeps_the_first_values_and_folds_the_rest():
     from core.metrics import BoundedLabel
 
-    label = BoundedLabel(cap=3)
+    from core.metrics import BOUNDS_HIT
+
+    label = BoundedLabel(cap=3, name="test_label")
     assert [label(a) for a in ("a", "b", "a", "c", "d", "b", "e")] == ["a", "b", "a", "c", "other", "b", "other"]
+    assert BOUNDS_HIT.labels("test_label")._value.get() == 2
 
 
 def test_topic_settings_are_checked_and_reach_every_created_topic():
