@@ -42,6 +42,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
 from core.metrics import EXCHANGE_ERRORS, ORDERS
 from domain.halt import halted_reason
 from domain.orders import client_order_id, force_close_id
@@ -60,8 +62,10 @@ class ExecutionConfig:
     """Pre-trade ``limits``, ``assets`` (exchange metadata), ``fee_bps`` (taker fee, bp of
     notional, for the balance check), sizing rules per strategy (``sizing``, a ``default`` one
     required), ``account`` for approvals without one, ``initial_cash_usd`` of a new account,
-    ``exchange_retries`` (seconds between retries of an exchange error) and how many submitted ids
-    are remembered."""
+    ``exchange_retries`` (how many times an exchange error is retried) with
+    ``exchange_retry_wait_s`` (``(multiplier, max)`` seconds of tenacity's full-jitter exponential
+    wait: a random wait up to ``min(max, multiplier × 2^attempt)``, so workers that fail together
+    do not retry in lockstep) and how many submitted ids are remembered."""
 
     limits: Limits = field(default_factory=lambda: Limits(3.0, 10.0, 50_000.0, 5.0, 10.0))
     assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
@@ -70,7 +74,8 @@ class ExecutionConfig:
     sizing: Mapping[str, SizingRule] = field(default_factory=lambda: {"default": SizingRule()})
     account: str = "paper"
     initial_cash_usd: float = 100_000.0
-    exchange_retries: tuple[float, ...] = (0.2, 0.5, 1.0)
+    exchange_retries: int = 3
+    exchange_retry_wait_s: tuple[float, float] = (0.2, 1.0)
     submitted_memory: int = 500
 
     @classmethod
@@ -244,21 +249,25 @@ class ExecutionProcessor:
         store[book.account] = st
         adapter = await self.adapter()
         result: OrderResult | None = None
-        for delay in (*cfg.exchange_retries, None):
-            try:
-                result = await adapter.submit(order)
-                break
-            except ExchangeError as exc:
-                EXCHANGE_ERRORS.labels(adapter.name).inc()
-                if delay is None:
-                    result = await self._look_up(adapter, order, exc)
-                    if result is None or result.order_id is None:  # unknown, or never placed
-                        if result is not None:
-                            st["submitted"].remove(order.client_order_id)  # a redelivery may try again
-                            store[book.account] = st
-                    break
-                log.warning("exchange error on %s (retrying in %.1fs): %s", order.client_order_id, delay, exc)
-                await asyncio.sleep(delay)
+
+        def retrying(state) -> None:
+            EXCHANGE_ERRORS.labels(adapter.name).inc()
+            log.warning("exchange error on %s (retrying in %.2fs): %s", order.client_order_id,
+                        state.next_action.sleep, state.outcome.exception())
+
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(ExchangeError),
+                                               stop=stop_after_attempt(cfg.exchange_retries + 1),
+                                               wait=wait_random_exponential(*cfg.exchange_retry_wait_s),
+                                               before_sleep=retrying, reraise=True):
+                with attempt:
+                    result = await adapter.submit(order)
+        except ExchangeError as exc:
+            EXCHANGE_ERRORS.labels(adapter.name).inc()
+            result = await self._look_up(adapter, order, exc)
+            if result is not None and result.order_id is None:  # never placed
+                st["submitted"].remove(order.client_order_id)  # a redelivery may try again
+                store[book.account] = st
         base = dict(client_order_id=order.client_order_id, side=order.side, reduce_only=order.reduce_only, **common)
         if result is None:
             self._count("unknown")

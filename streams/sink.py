@@ -22,6 +22,7 @@ import sys
 import time
 
 import orjson
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from app.main import app, settings
 from app.sla import sla
@@ -132,15 +133,16 @@ if settings.store_events:
 
 @app.task
 async def migrate_on_start() -> None:
-    """Create the schema when the worker starts (retrying while the database is unreachable)."""
-    delay = 0.5
-    while True:
-        try:
+    """Create the schema when the worker starts, retrying while the database is unreachable with
+    tenacity's full-jitter exponential wait (up to 10 s), so replicas do not retry in lockstep."""
+    def retrying(state) -> None:
+        exc = state.outcome.exception()
+        log.warning("event store not reachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
+                    state.next_action.sleep)
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(Exception), wait=wait_random_exponential(0.5, max=10.0),
+                                       before_sleep=retrying):
+        with attempt:
             version = await store.migrate(settings.store_compress_after_days, settings.store_retention_days)
-            log.info("event store ready (schema version %d)", version)
-            schema_ready.set()
-            return
-        except Exception as exc:  # noqa: BLE001
-            log.warning("event store not reachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    log.info("event store ready (schema version %d)", version)
+    schema_ready.set()

@@ -30,7 +30,7 @@ async def venue():
     await server.start()
     stores = {k: {} for k in ("execution_state", "portfolio", "halt", "latest_prices")}
     adapter = HyperliquidExchange(KEY, server.url, fill_timeout_s=2.0)
-    ex = ExecutionProcessor(ExecutionConfig(exchange_retries=(0.01, 0.01)),
+    ex = ExecutionProcessor(ExecutionConfig(exchange_retries=2, exchange_retry_wait_s=(0.01, 0.02)),
                             ExecutionState(stores["execution_state"], stores["portfolio"], stores["halt"],
                                            stores["latest_prices"]), adapter)
     yield server, ex, stores
