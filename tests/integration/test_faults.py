@@ -90,10 +90,11 @@ def assert_as_without_fault(fault: str, got: dict, expected: dict, counts: dict,
 
 
 @pytest.fixture(scope="module")
-def reference(btc_sample, tmp_path_factory, database_url) -> dict:
-    """The portfolio of the feed without any fault."""
+def reference(btc_sample, tmp_path_factory, module_database_url) -> dict:
+    """The portfolio of the feed without any fault. In a database of its own: its events have the
+    ids the same ticks give in any run, and the session database's tests count what it holds."""
     sample, n = btc_sample
-    ref = Stack(tmp_path_factory.mktemp("reference"), database_url=database_url, BAR_SECONDS="1")
+    ref = Stack(tmp_path_factory.mktemp("reference"), database_url=module_database_url, BAR_SECONDS="1")
     try:
         w = ref.worker("ref").start()
         ref.feed(sample, "max")
