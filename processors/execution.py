@@ -205,6 +205,12 @@ class ExecutionProcessor:
                           action_required="positions on the exchange differ from the portfolio: check before "
                                           "trading on", metrics={"positions": diff})]
 
+    async def reconcile_now(self, account: str, timestamp: int) -> list:
+        """:meth:`reconcile` in turn with the account's orders (for a runtime that compares at
+        start, before any order)."""
+        async with self._lock_of(account):
+            return await self.reconcile(account, timestamp)
+
     async def process(self, event, partition=None, account: str | None = None) -> list:
         """Handle one approval (``account``: the message key, else the configured account) or
         force-close request; other order events (this processor's own) are ignored. Calls for

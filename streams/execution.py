@@ -12,6 +12,12 @@ tick stream runs the engine on the request at once instead of waiting for it to 
 had been read from ``orders``; the request is still sent to ``orders`` (the log keeps the command),
 and when the engine reads it there its client order id is already submitted, so nothing happens
 twice. The processor serializes the two paths per account.
+
+Reconciliation at start (:func:`_reconcile_on_start`): once the worker's tables are recovered,
+the engine compares the venue's open positions with the portfolio of every account whose
+partition this worker owns, and reports a difference as a ``risk.alert`` (``position_mismatch``)
+before any tick or order arrives. An account this worker comes to own later, or whose venue did
+not answer, is compared at its first order.
 """
 
 from __future__ import annotations
@@ -79,6 +85,20 @@ async def execution(stream):
                     # from the approving decision's (or force-close request's) produce time
                     sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
             _latency.observe(time.perf_counter() - t0)
+
+
+@app.task
+async def _reconcile_on_start() -> None:
+    while not app.tables.actives_ready:  # the portfolio table is recovered from its changelog first
+        await asyncio.sleep(0.5)
+    for account in sorted(settings.known_accounts()):
+        if _owned_partition(account) is None:
+            continue  # another worker's, which compares it
+        try:
+            for out in await processor.reconcile_now(account, int(time.time() * 1000)):
+                await emit(out)
+        except Exception:  # noqa: BLE001 - the account's first order compares again
+            log.exception("reconciliation of %s at start failed", account)
 
 
 def _owned_partition(account: str) -> int | None:
