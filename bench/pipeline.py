@@ -11,7 +11,11 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
 2. **Whole path, one worker**: a worker started on the pre-loaded topic runs every stage (bars,
    indicators, signals, risk, consensus, execution, portfolio, event-store sink). ticks/s = ticks /
    (from the first tick the tick stream consumed until the last tick is consumed and stored and the
-   last fill produced). Printed with its ratio to the bare Faust agent (goal ≥ 70 %).
+   last fill produced). Printed with its ratio to the bare Faust agent (goal ≥ 70 %), and where
+   the worker's time went: its process CPU per tick (``/proc``) beside the mean time per event of
+   each stage (``moondev_processing_seconds``: the whole tick step, and inside it the trading,
+   risk and flow processors); what is left of the CPU per tick is Faust, aiokafka and the
+   worker's other tasks.
 3. **Whole path, two workers** (``--workers2``): the same with two workers (each with its own web
    port and data folder) started together on the same topics; ticks/s over both.
 4. **Latency**, live feed: with a worker running, the sample is fed at each of ``--speeds`` (a
@@ -77,6 +81,24 @@ def whole_path(workers, n: int, timeout: float = 900) -> tuple[float, float]:
                 return t_first, time.time()
         time.sleep(0.02 if t_first is None else 0.1)
     raise TimeoutError(f"not processed within {timeout} s: {workers[0].log_tail()}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its reaped children (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_breakdown(worker, ticks: int, cpu_s: float) -> str:
+    """Mean µs per event of each stage, from the worker's ``moondev_processing_seconds``."""
+    m = worker.metrics()  # in full: a name filter leaves out the light histograms (core.metrics)
+    parts = []
+    for agent in ("ticks", "trading", "risk", "flow", "consensus", "execution", "portfolio"):
+        n = m.get(f'moondev_processing_seconds_count{{agent="{agent}"}}', 0)
+        if n:
+            total = m[f'moondev_processing_seconds_sum{{agent="{agent}"}}']
+            parts.append(f"{agent} {total / n * 1e6:.0f} µs x {int(n)}")
+    return f"worker CPU {cpu_s / ticks * 1e6:.0f} µs per tick; per event: " + ", ".join(parts)
 
 
 async def fills(topic: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
@@ -204,7 +226,9 @@ def main() -> None:
             print(f"ceiling: {name}: {rate(N_SAMPLE, secs)}", flush=True)
         w = stack.worker()
         w.start()
+        cpu0, ticks0 = cpu_seconds(w.proc.pid), metric_sum([w], "moondev_ticks_consumed_total")
         t_first, t_ticks = whole_path([w], N_SAMPLE)
+        cpu_s = cpu_seconds(w.proc.pid) - cpu0
         done = asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed"))
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
         elapsed = max(t_ticks, t_last_fill) - t_first
@@ -212,6 +236,7 @@ def main() -> None:
         bare = N_SAMPLE / ceil["bare Faust agent, aiokafka transport (kafka://)"]
         print(f"whole path, one worker: {N_SAMPLE} ticks in {elapsed:.2f} s = {whole:,.0f} ticks/s "
               f"({len(done)} fills) = {whole / bare:.0%} of the bare Faust agent (goal >= 70 %)", flush=True)
+        print(f"whole path, one worker: {stage_breakdown(w, int(N_SAMPLE - ticks0), cpu_s)}", flush=True)
     except _Skip:
         pass
     finally:
