@@ -84,7 +84,8 @@ def whole_path(workers, n: int, timeout: float = 900) -> tuple[float, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children (``/proc/PID/stat``)."""
+    """User + system CPU seconds of a process, all its threads (``/proc/PID/stat`` utime + stime;
+    not its children: the event-store sink is a process of its own)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
