@@ -9,7 +9,8 @@ same families at scrape time: ``faust_messages_received_total``,
 ``faust_messages_received_per_topic_total{topic}``, ``faust_total_events_total``,
 ``faust_total_events_per_stream_total{stream}``, ``faust_table_operations_total{table,operation}``
 and the end offset of each fetched partition, ``faust_topic_partition_end_offset{topic,partition}``.
-Left out: the per-partition last-offset gauge (``moondev_consumer_lag`` has the lag), the active
+Left out: the per-partition last-offset gauge (``moondev_consumer_lag`` has the lag, from the
+offsets kept here in ``tp_read_offsets``), the active
 message/event gauges and the per-event runtime histogram (``moondev_processing_seconds`` has each
 stage's time).
 """
@@ -49,6 +50,10 @@ class LeanPrometheusMonitor(PrometheusMonitor):
     def on_message_in(self, tp, offset, message) -> None:
         self.received += 1
         self.received_by_topic[tp.topic] += 1
+        # The offset last handed to the streams, per partition (what moondev_consumer_lag counts
+        # from): the consumer's own ``_read_offset`` is reset to the committed offset by Faust's
+        # post-recovery seek even when messages past it were already delivered.
+        self.tp_read_offsets[tp] = offset
 
     def on_stream_event_in(self, tp, offset, stream, event):
         self.events += 1

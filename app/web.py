@@ -274,12 +274,24 @@ def _update_lag() -> dict:
             hw = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - revoked while we look (a rebalance): skip it
             continue
-        read = consumer._read_offset.get(tp)  # last offset this worker read (Faust keeps it per partition)
+        # The last offset handed to this worker's streams (app.monitor); before the first message
+        # of a partition, the consumer's read offset, which is the committed offset then.
+        read = app.monitor.tp_read_offsets.get(tp)
+        if read is None:
+            read = consumer._read_offset.get(tp)
         if hw is None:
             continue
         lags[tp] = lag = max(hw - (read + 1 if read is not None else 0), 0)
         CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
     return lags
+
+
+@app.on_partitions_revoked.connect
+async def _forget_read_offsets(app_, revoked, **kwargs) -> None:
+    # A partition assigned again is read from its committed offset: until its first message the
+    # offset read before the revocation would hide that lag.
+    for tp in revoked:
+        app.monitor.tp_read_offsets.pop(tp, None)
 
 
 class LagReporter:
