@@ -140,10 +140,11 @@ KEYED_BY: dict[str, str | None] = {settings.topic(name): spec.key for name, spec
 OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
 
 
-async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False) -> None:
+async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False):
     """Send an event to its event type's topic (or ``topic_name``), keyed by token or account; with
-    ``wait``, return only once the broker has acknowledged it (raises the send's error). An event
-    without a ``causation_id`` gets the id of the event this task is handling (core.logs)."""
+    ``wait``, return only once the broker has acknowledged it (raises the send's error). Returns
+    the send's pending acknowledgement (an awaitable; see :func:`settle`). An event without a
+    ``causation_id`` gets the id of the event this task is handling (core.logs)."""
     if event.causation_id is None:
         cause = current_event_id()
         if cause is not None and cause != event.event_id:
@@ -154,6 +155,22 @@ async def emit(event: Envelope, topic_name: str | None = None, wait: bool = Fals
         await pending
     EVENTS_PRODUCED.labels(event.event_type).inc()
     AGENT_EVENTS.labels(event.source, "out").inc()
+    return pending
+
+
+async def settle(pending: list, stores) -> None:
+    """End of a handler step: wait until the broker has acknowledged the step's events
+    (``pending``, what :func:`emit` returned), then write the step's held state changes
+    (``stores``: :class:`processors.base.WriteBehind`). A worker killed before the writes replays
+    the step and sends the same events again; one killed after them has its events in Kafka.
+    Raises the first send's error once the writes are made, as a step that raised midway does
+    (:func:`survive` dead-letters its input)."""
+    try:
+        if pending and any(store.pending for store in stores):
+            await asyncio.gather(*[p for p in pending if p is not None])
+    finally:
+        for store in stores:
+            store.flush()
 
 
 async def declare_topics(names=None) -> None:

@@ -12,7 +12,7 @@ from app.main import app, emit, settings
 from app.sla import sla
 from core.metrics import RISK_EVAL_SECONDS
 from exchanges.base import Exchange
-from processors.base import ExposureView
+from processors.base import ExposureView, WriteBehind
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
 from processors.correlation import CorrelationConfig, CorrelationProcessor
 from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
@@ -61,16 +61,22 @@ exposures = ExposureView(tables.exposures, refresh_s=0.05)
 #: increments): the venue's metadata replaces its entries once the exchange adapter has started.
 assets = dict(settings.assets)
 
+#: The stores whose writes mark an input as done (a bar closed, a window decided), so that a replay
+#: skips it: held until the broker has acknowledged the events of the step that wrote them
+#: (app.main.settle), per agent.
+TICK_STORES = tuple(WriteBehind(t) for t in (tables.bar_history, tables.indicators, tables.orderflow, tables.whales))
+CONSENSUS_STORES = (WriteBehind(tables.consensus_windows),)
+
 trading = TradingProcessor(TradingConfig.from_settings(settings),
-                           TradingState(tables.bar_history, tables.indicators, tables.correlations, tables.halt),
+                           TradingState(TICK_STORES[0], TICK_STORES[1], tables.correlations, tables.halt),
                            advisor=build_advisor())
-orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), tables.orderflow, tables.halt)
-whale = WhaleProcessor(WhaleConfig.from_settings(settings), tables.whales, tables.halt)
+orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), TICK_STORES[2], tables.halt)
+whale = WhaleProcessor(WhaleConfig.from_settings(settings), TICK_STORES[3], tables.halt)
 risk = RiskProcessor(dataclasses.replace(RiskConfig.from_settings(settings), assets=assets),
                      RiskState(tables.latest_prices, exposures),
                      observe_evaluation=_observe_risk_evaluation)
 halt = HaltProcessor(tables.halt)
-consensus = ConsensusProcessor(ConsensusConfig.from_settings(settings), ConsensusState(tables.consensus_windows))
+consensus = ConsensusProcessor(ConsensusConfig.from_settings(settings), ConsensusState(CONSENSUS_STORES[0]))
 sentiment = SentimentProcessor(SentimentConfig.from_settings(settings), tables.sentiment_windows)
 correlation = CorrelationProcessor(CorrelationConfig.from_settings(settings), tables.correlation_windows,
                                    tables.correlations)

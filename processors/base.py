@@ -4,7 +4,7 @@ execution processors read."""
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 #: A processor's store: a Faust table in a worker, a dict in process. Keys are ``str`` (token or
@@ -14,6 +14,83 @@ Store = MutableMapping[str, Any]
 
 def key_str(key) -> str:
     return key.decode() if isinstance(key, bytes) else key
+
+
+_DELETED = object()
+
+
+class WriteBehind(MutableMapping):
+    """A store whose writes wait in memory until :meth:`flush`; reads see them at once.
+
+    Why: a worker's table write reaches its local RocksDB at once, while the events the same step
+    sends are still in the producer's buffer. A worker killed between the two comes back with
+    state that says "done" (a bar closed, a window decided) and replays the step's input from the
+    last committed offset, which the processors then skip as already seen: the step's events are
+    lost. A runtime that holds a step's writes here, waits until the broker has acknowledged the
+    step's events, then flushes, makes a kill before the flush replay the step as if it had never
+    run: the same events again, under the same derived ids, which their consumers already
+    deduplicate. In process (backtests) processors write plain dicts directly."""
+
+    __slots__ = ("store", "pending")
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: dict = {}
+
+    def __getitem__(self, key):
+        value = self.pending.get(key, self)
+        if value is self:
+            return self.store[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def get(self, key, default=None):
+        value = self.pending.get(key, self)
+        if value is self:
+            return self.store.get(key, default)
+        return default if value is _DELETED else value
+
+    def __contains__(self, key) -> bool:
+        value = self.pending.get(key, self)
+        return key in self.store if value is self else value is not _DELETED
+
+    def __setitem__(self, key, value) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.pending[key] = _DELETED
+
+    def __iter__(self) -> Iterator:
+        pending = self.pending
+        for key in self.store:
+            if key_str(key) not in pending and key not in pending:
+                yield key
+        for key, value in pending.items():
+            if value is not _DELETED:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def items(self):
+        pending = self.pending
+        out = [(k, v) for k, v in self.store.items() if key_str(k) not in pending and k not in pending]
+        out += [(k, v) for k, v in pending.items() if v is not _DELETED]
+        return out
+
+    def flush(self) -> None:
+        """Write the held changes to the underlying store (in a worker: the table, within the
+        event being handled, so they land in its partition)."""
+        if self.pending:
+            pending, self.pending = self.pending, {}
+            for key, value in pending.items():
+                if value is _DELETED:
+                    self.store.pop(key, None)
+                else:
+                    self.store[key] = value
 
 
 class ExposureView:

@@ -11,8 +11,11 @@ Idempotency: the client order id derives from the approving event (or from the p
 force-close closes; :mod:`domain.orders`); an id already submitted (``execution_state`` store) or
 whose fills the portfolio applied is never sent again, the adapters refuse a reused id, and every
 emitted event has an id derived from the order or fill, so a replay re-emits identical events that
-the portfolio and the event store drop. Fills not yet applied to the portfolio are kept as
-in-flight quantities and counted in the position used for sizing and limits.
+the portfolio and the event store drop. A redelivered command for an order already submitted gets
+that order's outcome events again (kept with the state of the last ``outcome_memory`` orders): the
+worker that submitted it may have died after writing its state and before its events reached
+Kafka. Fills not yet applied to the portfolio are kept as in-flight quantities and counted in the
+position used for sizing and limits.
 
 Pre-trade checks and sizing value the account with the traded token at the order's reference
 price and every other position at its entry price (not the shared latest prices, which a replay
@@ -51,7 +54,8 @@ from domain.portfolio import new_portfolio, roll_day, target_order
 from domain.risk import DEFAULT_ASSETS, AssetSpec, Limits, check_order, evaluate, round_size
 from domain.sizing import SizingRule, equity_fraction
 from exchanges.base import Exchange, ExchangeError, Order, OrderResult
-from models.events import ConsensusDecision, OrderEvent, RiskEvent, TradeExecuted, derived_id
+from models.events import (ConsensusDecision, OrderEvent, RiskEvent, TradeExecuted, decode_event, derived_id,
+                           encode_event)
 from processors.base import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ class ExecutionConfig:
     ``exchange_retries`` (how many times an exchange error is retried) with
     ``exchange_retry_wait_s`` (``(multiplier, max)`` seconds of tenacity's full-jitter exponential
     wait: a random wait up to ``min(max, multiplier × 2^attempt)``, so workers that fail together
-    do not retry in lockstep) and how many submitted ids are remembered."""
+    do not retry in lockstep), how many submitted ids are remembered and, of the last of them, how many
+    keep their outcome events."""
 
     limits: Limits = field(default_factory=lambda: Limits(3.0, 10.0, 50_000.0, 5.0, 10.0))
     assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
@@ -77,6 +82,8 @@ class ExecutionConfig:
     exchange_retries: int = 3
     exchange_retry_wait_s: tuple[float, float] = (0.2, 1.0)
     submitted_memory: int = 500
+    #: how many of the last submitted orders keep their outcome events, re-sent on a redelivery
+    outcome_memory: int = 20
 
     @classmethod
     def from_settings(cls, s) -> "ExecutionConfig":
@@ -86,7 +93,8 @@ class ExecutionConfig:
 
 class ExecutionState:
     """``execution_state``: account -> {"inflight": {fill id: fill}, "submitted": [client order
-    ids]} (written); ``portfolio``, ``halt``, ``latest_prices`` (read)."""
+    ids], "outcomes": {client order id: [encoded events]}} (written); ``portfolio``, ``halt``,
+    ``latest_prices`` (read)."""
 
     def __init__(self, execution_state: Store, portfolio: Mapping, halt: Mapping, latest_prices: Mapping):
         self.execution_state = execution_state
@@ -248,6 +256,30 @@ class ExecutionProcessor:
 
     async def _submit(self, book: _Book, order: Order, common: dict, placed_reason: str, decision_id=None,
                       decision_price: float | None = None) -> list:
+        """Place ``order``; returns its outcome events, which are also kept with the account's
+        state (the last ``outcome_memory`` orders) in the same write as its fills in flight."""
+        out = await self._place(book, order, common, placed_reason, decision_id, decision_price)
+        st = book.state
+        outcomes = st.setdefault("outcomes", {})
+        outcomes[order.client_order_id] = [encode_event(e).decode() for e in out]
+        keep = set(st["submitted"][-self.config.outcome_memory:])
+        for cloid in [c for c in outcomes if c not in keep]:
+            del outcomes[cloid]
+        self.state.execution_state[book.account] = st
+        return out
+
+    def _outcome(self, book: _Book, cloid: str) -> list:
+        """The events an already submitted order was answered with, to send again: the state that
+        marks it submitted may have been written by a worker killed before its events reached
+        Kafka. Their ids derive from the order, so consumers that got them drop them."""
+        kept = book.state.get("outcomes", {}).get(cloid)
+        if not kept:
+            return []
+        log.info("order %s already submitted: its %d outcome event(s) sent again", cloid, len(kept))
+        return [decode_event(e) for e in kept]
+
+    async def _place(self, book: _Book, order: Order, common: dict, placed_reason: str, decision_id=None,
+                     decision_price: float | None = None) -> list:
         cfg, store = self.config, self.state.execution_state
         st = book.state
         st["submitted"].append(order.client_order_id)
@@ -337,7 +369,7 @@ class ExecutionProcessor:
         if book.seen(cloid):
             self._count("duplicate")
             log.info("duplicate decision %s for %s: order %s already placed", d.event_id, d.token, cloid)
-            return []
+            return self._outcome(book, cloid)
         common = dict(timestamp=d.timestamp, token=d.token, source="execution", correlation_id=d.correlation_id,
                       ingest_ms=d.ingest_ms, account=account)
         action_side = "BUY" if d.recommended_action == "BUY" else "SELL"
@@ -392,6 +424,7 @@ class ExecutionProcessor:
                 account, token, int(book.positions[token].get("opened_ms", 0)), position)
             if book.seen(cloid):
                 self._count("duplicate")
+                out += self._outcome(book, cloid)
                 continue
             price = (req.price if req.token else None) or (self.state.latest_prices.get(token) or {}).get("price") \
                 or book.positions[token]["entry_price"]

@@ -39,7 +39,7 @@ def outputs(monkeypatch):
         table.data.clear()
     # the processors' in-memory state starts empty too (as in a new worker)
     monkeypatch.setattr(runtime.risk, "state", RiskState(latest_prices, runtime.exposures))
-    monkeypatch.setattr(runtime.consensus, "state", ConsensusState(consensus_windows))
+    monkeypatch.setattr(runtime.consensus, "state", ConsensusState(runtime.CONSENSUS_STORES[0]))
     monkeypatch.setattr(runtime.trading.state, "open", {})
     runtime.exposures.invalidate()
     return recorders

