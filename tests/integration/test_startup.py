@@ -126,9 +126,9 @@ def test_a_worker_behind_on_its_input_sends_agent_lagging(tmp_path, database_url
                 await consumer.stop()
 
         events = wait_until(lambda: asyncio.run(lagging()), 60, "an agent.lagging event")
-        e = events[0]
-        assert e["agent"] == "ticks" and e["topic"] == prefix + "price.ticks"
-        assert e["lag"] >= e["threshold"] == 200 and e["partition"] >= 0
+        ticks = [x for x in events if x["agent"] == "ticks"]
+        assert ticks and all(x["topic"] == prefix + "price.ticks" for x in ticks), events
+        assert all(x["lag"] >= x["threshold"] == 200 and x["partition"] >= 0 for x in events), events
         per_partition = [(x["topic"], x["partition"]) for x in events]
         assert len(per_partition) == len(set(per_partition)), "at most one a minute per partition"
     finally:

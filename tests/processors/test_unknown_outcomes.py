@@ -47,7 +47,8 @@ async def test_lost_answers_are_resolved_by_the_order_status(venue):
     assert len(server.by_cloid) == 1, "placed once: the retries were refused as duplicates"
     assert {e.fill_id for e in out[1:]} == {"hl-500000001", "hl-500000002"}
     assert out[0].client_order_id in stores["execution_state"]["paper"]["submitted"]
-    assert await ex.process(d, account="paper") == [], "a redelivery sends nothing"
+    assert await ex.process(d, account="paper") == out, "a redelivery gets the same outcome, not a second order"
+    assert len(server.by_cloid) == 1
 
 
 async def test_an_order_lost_on_the_way_in_is_rejected_and_its_id_released(venue):
@@ -76,8 +77,10 @@ async def test_an_outcome_nobody_can_tell_keeps_the_id_and_alerts(venue):
     sent = len(server.orders)
     # redelivered once the venue answers again: not sent twice, and the reconciliation that could
     # not run before shows what the lost order did
-    (mismatch,) = await ex.process(d, account="paper")
+    again = await ex.process(d, account="paper")
     assert len(server.orders) == sent, "never sent twice"
+    (mismatch,) = [e for e in again if getattr(e, "violation_type", None) == "position_mismatch"]
+    assert [e for e in again if e is not mismatch] == [unknown, alert]  # the outcome it had, again
     assert mismatch.violation_type == "position_mismatch"
     assert mismatch.metrics["positions"] == {"BTC": {"exchange": pytest.approx(0.2), "portfolio": 0.0}}
 

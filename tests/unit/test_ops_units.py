@@ -151,9 +151,10 @@ def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
 
     reg = CollectorRegistry()
     mon = LeanPrometheusMonitor(reg, "faust")
-    tp = SimpleNamespace(topic="price.ticks", partition=3)
+    tp = TP("price.ticks", 3)
     for offset in range(5):
         mon.on_message_in(tp, offset, None)
+    assert mon.tp_read_offsets[tp] == 4  # what moondev_consumer_lag counts from
     mon.on_table_get(SimpleNamespace(name="halt"), "paper")
     mon.track_tp_end_offset(TP("price.ticks", 3), 42)
     text = generate_latest(reg).decode()
