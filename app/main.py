@@ -8,6 +8,7 @@ metadata on the wire, so producers in any language can write these topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import ssl
@@ -143,7 +144,7 @@ OUTPUTS: dict[str, faust.ChannelT] = dict(TOPICS)
 async def emit(event: Envelope, topic_name: str | None = None, wait: bool = False):
     """Send an event to its event type's topic (or ``topic_name``), keyed by token or account; with
     ``wait``, return only once the broker has acknowledged it (raises the send's error). Returns
-    the send's pending acknowledgement (an awaitable; see :func:`settle`). An event without a
+    the send's pending acknowledgement (an awaitable; see :func:`holding`). An event without a
     ``causation_id`` gets the id of the event this task is handling (core.logs)."""
     if event.causation_id is None:
         cause = current_event_id()
@@ -158,14 +159,17 @@ async def emit(event: Envelope, topic_name: str | None = None, wait: bool = Fals
     return pending
 
 
-async def settle(pending: list, stores) -> None:
-    """End of a handler step: wait until the broker has acknowledged the step's events
-    (``pending``, what :func:`emit` returned), then write the step's held state changes
-    (``stores``: :class:`processors.base.WriteBehind`). A worker killed before the writes replays
-    the step and sends the same events again; one killed after them has its events in Kafka.
-    Raises the first send's error once the writes are made, as a step that raised midway does
-    (:func:`survive` dead-letters its input)."""
+@contextlib.asynccontextmanager
+async def holding(stores):
+    """One handler step whose state changes wait for its events: yields a list for what
+    :func:`emit` returns; on leaving, waits until the broker has acknowledged those events, then
+    writes the step's held changes (``stores``: :class:`processors.base.WriteBehind`), inside the
+    event being handled. A worker killed before the writes replays the step and sends the same
+    events again; one killed after them has its events in Kafka. A step that raised, or whose send
+    failed, still has its writes made (in its own partition) and the error raised, as before."""
+    pending: list = []
     try:
+        yield pending
         if pending and any(store.pending for store in stores):
             await asyncio.gather(*[p for p in pending if p is not None])
     finally:

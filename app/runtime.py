@@ -63,7 +63,7 @@ assets = dict(settings.assets)
 
 #: The stores whose writes mark an input as done (a bar closed, a window decided), so that a replay
 #: skips it: held until the broker has acknowledged the events of the step that wrote them
-#: (app.main.settle), per agent.
+#: (app.main.holding), per agent.
 TICK_STORES = tuple(WriteBehind(t) for t in (tables.bar_history, tables.indicators, tables.orderflow, tables.whales))
 CONSENSUS_STORES = (WriteBehind(tables.consensus_windows),)
 

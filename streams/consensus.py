@@ -1,6 +1,6 @@
 """Consensus agent: the Faust runtime of :class:`processors.consensus.ConsensusProcessor` on
 ``signal.generated`` (stream time per input partition). A signal's window changes are written to
-the table only once the broker has acknowledged the decisions they go with (:func:`app.main.settle`),
+the table only once the broker has acknowledged the decisions they go with (:func:`app.main.holding`),
 so a worker killed in between replays the signal and decides again under the same id."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from app.main import TOPICS, app, dead_letter, emit, settle, survive, valid_events
+from app.main import TOPICS, app, dead_letter, emit, holding, survive, valid_events
 from app.runtime import CONSENSUS_STORES
 from app.runtime import consensus as processor
 from core.metrics import LATE_EVENTS, PROCESSING_SECONDS, TICK_TO_DECISION_SECONDS
@@ -29,8 +29,8 @@ async def consensus(stream):
                                   "consensus")
                 continue
             late = processor.late
-            pending = []
-            try:
+            # A window's decision is stored only once it is in Kafka (processors.base.WriteBehind).
+            async with holding(CONSENSUS_STORES) as pending:
                 for decision in processor.process(sig, event.message.partition):
                     pending.append(await emit(decision))
                     if decision.event_type == "trade.consensus_approved":
@@ -39,10 +39,6 @@ async def consensus(stream):
                                  decision.consensus_score, decision.confidence, ",".join(decision.contributing_agents))
                     if decision.ingest_ms:
                         TICK_TO_DECISION_SECONDS.observe(max(0.0, time.time() - decision.ingest_ms / 1000.0))
-                # A window's decision is stored only once it is in Kafka (processors.base.WriteBehind).
-                await settle(pending, CONSENSUS_STORES)
-            finally:
-                CONSENSUS_STORES[0].flush()  # a step that raised: its writes, in its own partition
             if processor.late != late:
                 _late.inc(processor.late - late)
             _latency.observe(time.perf_counter() - t0)

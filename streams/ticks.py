@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 
-from app.main import TOPICS, app, dead_letter, decode_checked, emit, settle, survive
+from app.main import TOPICS, app, dead_letter, decode_checked, emit, holding, survive
 from app.runtime import TICK_STORES
 from app.runtime import orderflow as orderflow_processor
 from app.runtime import risk as risk_processor
@@ -65,42 +65,36 @@ async def ticks(stream):
         # A tick the trading processor raised on is dead-lettered and acked (it is in no bar); one
         # that raised after it was folded into its bar is dead-lettered and held as usual.
         verdict = DROP
-        async with survive("ticks", event, tick):
-            try:
-                t1 = time.perf_counter()
-                late = trading.late
-                outs, verdict = trading.on_tick(tick, event.message.tp)
-                if trading.late != late:
-                    trading_late.inc(trading.late - late)
-                t2 = time.perf_counter()
-                late = risk.late
-                alerts = risk.on_tick(tick)
-                if risk.late != late:
-                    risk_late.inc(risk.late - late)
-                t3 = time.perf_counter()
-                outs += orderflow.on_tick(tick)
-                outs += whale.on_tick(tick)
-                trading_s.observe(t2 - t1)
-                risk_s.observe(t3 - t2)
-                flow_s.observe(time.perf_counter() - t3)
+        async with survive("ticks", event, tick), holding(TICK_STORES) as pending:
+            # A bar's close is stored only once its events are in Kafka (processors.base.WriteBehind).
+            t1 = time.perf_counter()
+            late = trading.late
+            outs, verdict = trading.on_tick(tick, event.message.tp)
+            if trading.late != late:
+                trading_late.inc(trading.late - late)
+            t2 = time.perf_counter()
+            late = risk.late
+            alerts = risk.on_tick(tick)
+            if risk.late != late:
+                risk_late.inc(risk.late - late)
+            t3 = time.perf_counter()
+            outs += orderflow.on_tick(tick)
+            outs += whale.on_tick(tick)
+            trading_s.observe(t2 - t1)
+            risk_s.observe(t3 - t2)
+            flow_s.observe(time.perf_counter() - t3)
 
-                # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
-                # this worker owns the account (the engine runs on it here, streams.execution).
-                pending = []
-                for out in alerts:
-                    pending.append(await emit(out))
-                    if out.event_type == "risk.alert" and tick.ingest_ms:
-                        sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
-                    elif out.event_type == "trade.force_close":
-                        for done in await force_close_now(out) or ():
-                            pending.append(await emit(done))
-                for out in outs:
-                    pending.append(await emit(out))
-                # A bar's close is stored only once its events are in Kafka (processors.base.WriteBehind).
-                await settle(pending, TICK_STORES)
-            finally:
-                for store in TICK_STORES:  # a step that raised: its writes, in its own partition
-                    store.flush()
+            # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
+            # this worker owns the account (the engine runs on it here, streams.execution).
+            for out in alerts:
+                pending.append(await emit(out))
+                if out.event_type == "risk.alert" and tick.ingest_ms:
+                    sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
+                elif out.event_type == "trade.force_close":
+                    for done in await force_close_now(out) or ():
+                        pending.append(await emit(done))
+            for out in outs:
+                pending.append(await emit(out))
 
         if verdict == DROP:
             await stream.ack(event)
