@@ -1,6 +1,8 @@
 """Faust parts adjusted for this app: a worker's first start cannot hang on a topic it has just
 created (``docs/architecture.md``, "A worker's first start"), and its consumer does not sit on a
-drained partition (:class:`App`), and its producer is idempotent (:class:`_Producer`).
+drained partition (:class:`App`), nor reads a partition it kept through a rebalance from
+anywhere but its committed offset (:class:`SeekBeforeResume`), and its producer is idempotent
+(:class:`_Producer`).
 
 * :class:`Topic` returns from ``declare()`` only once every broker's metadata lists the topic.
   Faust creates its internal topics (table changelogs, the assignor's leader topic) right before
@@ -23,6 +25,7 @@ import faust
 from aiokafka.protocol.metadata import MetadataRequest
 from faust import transport
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
+from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger("moondev")
@@ -108,7 +111,42 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class SeekBeforeResume:
+    """Consumer mixin: during a rebalance, a stream partition is resumed only once it has been
+    sought to its committed offset.
+
+    Faust's recovery resumes the flow of messages while it reads the changelogs, then resumes the
+    stream partitions and only then seeks them to their committed offsets
+    (``Recovery.on_recovery_completed``, ``_resume_streams``). A partition this worker kept through
+    the rebalance still has aiokafka's fetch position from before it, past the committed offset;
+    records fetched from there in between reach the agents under the new generation, and the seek
+    then delivers them again. A tick counted twice in an open bar changed an order-flow vote; a
+    signal decided before the earlier ones replayed closed a consensus window without them (a
+    rolling restart ended one run in four with another portfolio). Holding the resume until
+    :meth:`perform_seek` makes every partition start at its committed offset, as on a fresh
+    assignment."""
+
+    _resume_after_seek: frozenset = frozenset()
+
+    def resume_partitions(self, tps) -> None:
+        tps = ensure_TPset(tps)
+        if self.app.rebalancing:
+            held = {tp for tp in tps if not self._is_changelog_tp(tp)}
+            if held:
+                self._resume_after_seek = self._resume_after_seek | held
+                tps = tps - held
+        super().resume_partitions(tps)
+
+    async def perform_seek(self) -> None:
+        try:
+            await super().perform_seek()
+        finally:
+            held, self._resume_after_seek = self._resume_after_seek, frozenset()
+            if held:
+                super().resume_partitions(held & ensure_TPset(self.assignment()))
+
+
+class _Consumer(SeekBeforeResume, faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

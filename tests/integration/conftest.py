@@ -30,7 +30,8 @@ def local_services():
 
 
 def _temporary_database():
-    """Create a database, yield its URL, drop it."""
+    """Create a database, yield its URL, drop it (kept, and named, with KEEP_TEST_DATABASES=1, to
+    look into what a failed run stored)."""
     name = f"moondev_test_{uuid.uuid4().hex[:8]}"
 
     async def admin(sql: str) -> None:
@@ -42,6 +43,9 @@ def _temporary_database():
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    if os.environ.get("KEEP_TEST_DATABASES"):
+        print(f"test database kept: {name}", flush=True)
+        return
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
