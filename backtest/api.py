@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import itertools
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -224,7 +225,9 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
                progress: Callable[[int], None] | None = None, agents: Sequence[str] = ("trading.rules",),
                keep_outputs: bool = False, workdir: Path | None = None) -> Result:
     """Run one backtest of ``data`` with ``settings`` (:func:`backtest_settings`) and measure it.
-    ``keep_outputs`` (in-process engine): keep every emitted event in the result (``kept``)."""
+    ``keep_outputs`` (in-process engine): keep every emitted event in the result (``kept``).
+    ``workdir`` (Kafka engine): the worker's folder (data, log), kept; without it the run uses a
+    temporary folder and removes it afterwards."""
     import orjson
 
     from models.events import encode_event
@@ -245,8 +248,13 @@ async def arun(data: Data, settings: Settings, *, engine: str = "inprocess", spe
 
         wd = workdir or Path(tempfile.mkdtemp(prefix="moondev-backtest-"))
         events = [_as_dict(e) for e in data.events]
-        fills, seconds, run_id = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: run_kafka(events, settings, workdir=wd, speed=speed, progress=progress or (lambda n: None)))
+        try:
+            fills, seconds, run_id = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: run_kafka(events, settings, workdir=wd, speed=speed,
+                                        progress=progress or (lambda n: None)))
+        finally:
+            if workdir is None:  # a folder of our own (a failure's message carries the worker log's tail)
+                shutil.rmtree(wd, ignore_errors=True)
         counts = {"trade.executed": len(fills)}
         kept = []
     else:
