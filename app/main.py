@@ -69,6 +69,8 @@ class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
 app = App(
     settings.app_id,
     fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+    idle_fetch_max_wait_ms=settings.kafka_idle_fetch_max_wait_ms,
+    partial_fetch_interval_ms=settings.kafka_partial_fetch_interval_ms,
     logging_config=logging_config(settings.log_format),
     Table=RawKeyTable,
     GlobalTable=RawKeyGlobalTable,

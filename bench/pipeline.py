@@ -15,7 +15,8 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    the worker's time went: its process CPU per tick (``/proc``) beside the mean time per event of
    each stage (``moondev_processing_seconds``: the whole tick step, and inside it the trading,
    risk and flow processors); what is left of the CPU per tick is Faust, aiokafka and the
-   worker's other tasks.
+   worker's other tasks. Then the same worker's CPU while idle (the sample done, nothing coming)
+   over ``--idle-seconds``: what a worker costs between bursts.
 3. **Whole path, two workers** (``--workers2``): the same with two workers (each with its own web
    port and data folder) started together on the same topics; ticks/s over both.
 4. **Latency**, live feed: with a worker running, the sample is fed at each of ``--speeds`` (a
@@ -25,7 +26,7 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms
    (goals: p99 < 50 ms at 1×, < 250 ms at 10×).
 
-    python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2]
+    python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2] [--idle-seconds 20]
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def main() -> None:
     ap.add_argument("--bar-seconds", default="1")
     ap.add_argument("--no-workers2", action="store_true", help="skip the two-worker run")
     ap.add_argument("--latency-only", action="store_true", help="only the latency runs")
+    ap.add_argument("--idle-seconds", type=float, default=20, help="how long to read the idle worker's CPU (0: not)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="moondev-bench-"))
 
@@ -238,6 +240,12 @@ def main() -> None:
         print(f"whole path, one worker: {N_SAMPLE} ticks in {elapsed:.2f} s = {whole:,.0f} ticks/s "
               f"({len(done)} fills) = {whole / bare:.0%} of the bare Faust agent (goal >= 70 %)", flush=True)
         print(f"whole path, one worker: {stage_breakdown(w, int(N_SAMPLE - ticks0), cpu_s)}", flush=True)
+        if args.idle_seconds > 0:
+            cpu0, t0 = cpu_seconds(w.proc.pid), time.monotonic()
+            time.sleep(args.idle_seconds)
+            idle = (cpu_seconds(w.proc.pid) - cpu0) / (time.monotonic() - t0)
+            print(f"idle worker (the sample done, nothing coming) over {args.idle_seconds:.0f} s: {idle:.1%} of a core "
+                  f"(KAFKA_IDLE_FETCH_MAX_WAIT_MS={w.env.get('KAFKA_IDLE_FETCH_MAX_WAIT_MS', 'default')})", flush=True)
     except _Skip:
         pass
     finally:

@@ -50,11 +50,19 @@ class Settings(BaseSettings):
     #: partitions (and their tables, from standby replicas) move to the others.
     kafka_session_timeout_seconds: float = Field(30.0, ge=6)
     kafka_heartbeat_interval_seconds: float = Field(3.0, gt=0)
-    #: Longest time (ms) the broker holds a worker's fetch that finds no data: bounds how long a
-    #: drained partition waits behind a fetch of idle ones (app.kafka.App), at the cost of about
-    #: 1000 / this many empty fetches a second when idle (measured on an idle worker: 22 % of a
-    #: core at 10 ms, 10 % at 30, 6 % at 100, 2 % at Faust's 1,500).
+    #: Longest time (ms) the broker holds a worker's fetch that finds no data while the worker
+    #: still has records of another partition to take: bounds how long that partition, once
+    #: taken, waits behind a fetch of idle ones (app.kafka.WaitByFetchFetcher); each such fetch is
+    #: built and decoded in Python, so a busy worker makes about 1000 / this many a second.
     kafka_fetch_max_wait_ms: int = Field(10, ge=1, le=1500)
+    #: The same (ms) when the fetch covers every partition: it is answered as soon as any gets a
+    #: record, so this only sets how often an idle worker asks (about 1000 / this many empty
+    #: fetches a second; an idle worker used 31 % of a core at 10 ms, 3 % at 500).
+    kafka_idle_fetch_max_wait_ms: int = Field(500, ge=1, le=1500)
+    #: Shortest time (ms) between two fetches that leave such a partition out: while a worker
+    #: works through a backlog, its other partitions are asked for at most this often (0: back to
+    #: back, aiokafka's own).
+    kafka_partial_fetch_interval_ms: int = Field(50, ge=0, le=1000)
     #: Replicas of every topic the app creates (the catalogue, table changelogs, Faust's own): 3 on
     #: a three-broker cluster, so a broker can be lost without losing a partition.
     topic_replication_factor: int = Field(1, ge=1)

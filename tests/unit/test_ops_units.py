@@ -337,3 +337,67 @@ def test_a_kept_stream_partition_resumes_only_after_its_seek_to_the_committed_of
     calls.clear()
     c.resume_partitions([ticks])  # flow control outside a rebalance (a drained buffer) is not held
     assert calls == [("resume", {ticks})]
+
+
+def test_the_broker_holds_a_fetch_of_every_partition_long_and_one_that_leaves_a_partition_out_short():
+    """A fetch that covers every assigned partition is answered as soon as any gets a record, so it
+    may wait long (an idle worker asks rarely); one that leaves out a partition whose records the
+    worker has not taken yet must wait briefly, or that partition, once taken, waits behind it."""
+    import asyncio
+
+    asyncio.run(_fetch_waits())  # aiokafka's SubscriptionState wants a running loop
+
+
+async def _fetch_waits():
+    import collections
+
+    from aiokafka.consumer.fetcher import FetchResult
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+
+    from app.kafka import WaitByFetchFetcher
+
+    ticks, signals = TopicPartition("price.ticks", 0), TopicPartition("signal.generated", 0)
+    subscriptions = SubscriptionState()
+    subscriptions.assign_from_user({ticks, signals})
+    assignment = subscriptions.subscription.assignment
+    for tp in (ticks, signals):
+        assignment.state_value(tp).seek(0)
+
+    class Cluster:  # one broker, leader of everything
+        def leader_for_partition(self, tp):
+            return 0
+
+        def broker_metadata(self, node_id):
+            return object()
+
+    f = object.__new__(WaitByFetchFetcher)  # the fetch loop's state, without its background task
+    f.__dict__.update(_client=type("Client", (), {"cluster": Cluster()})(), _records=collections.OrderedDict(),
+                      _in_flight=set(), _preferred_read_replica={}, _max_partition_fetch_bytes=1 << 20,
+                      _fetch_min_bytes=1, _fetch_max_bytes=50 << 20, _isolation_level=0, _client_rack=None,
+                      _fetcher_timeout=0.2, whole_wait_ms=500, partial_wait_ms=10)
+
+    def fetch():
+        (requests, _reset, _timeout, _invalid, _resume) = f._get_actions_per_node(assignment)
+        [(node, request)] = requests
+        return request._max_wait_ms, sorted(t for t, _ in request.topics)
+
+    assert fetch() == (500, ["price.ticks", "signal.generated"])
+    # the tick partition's records fetched and not taken for longer than aiokafka's prefetch backoff
+    f._records[ticks] = FetchResult(ticks, assignment=assignment, partition_records=None, backoff=0)
+    assert fetch() == (10, ["signal.generated"])
+    del f._records[ticks]
+    subscriptions.pause(ticks)
+    assert fetch() == (10, ["signal.generated"]), "a paused partition, once resumed, waits behind it too"
+    subscriptions.resume(ticks)
+    assert fetch() == (500, ["price.ticks", "signal.generated"])
+
+    # while the tick partition's records wait, the idle others are asked for at most every interval
+    f.partial_interval_s = 60.0
+    f._records[ticks] = FetchResult(ticks, assignment=assignment, partition_records=None, backoff=0)
+    assert fetch() == (10, ["signal.generated"])
+    requests, _reset, timeout, _invalid, _resume = f._get_actions_per_node(assignment)
+    assert requests == [] and timeout <= 0.2, "no second fetch of the idle partitions yet; look again soon"
+    del f._records[ticks]  # the consumer took them: the next fetch covers it again, at once
+    assert fetch() == (500, ["price.ticks", "signal.generated"])
+
