@@ -208,19 +208,67 @@ class _Transport(faust_aiokafka.Transport):
     Producer = _Producer
 
 
+class Steps:
+    """The agents' message handlings in flight in a worker (``app.main.survive`` counts them), and
+    a gate that stops new ones from starting once the worker begins to stop.
+
+    Faust's graceful stop pauses the partitions, stops the fetcher and then closes the tables,
+    all before it stops the agents, and without waiting for the streams (``stream_wait_empty``
+    is off: the tick stream holds a whole open bar unacked). A handling still running then writes
+    its state to closed tables, and Faust flushes the producer buffer, changelog records included,
+    before the agents stop, while the step's input offset is committed after. :meth:`drain` runs
+    first: no new handling starts (its message stays unacked, for whoever owns the partition
+    next), and the tables close only once those in flight have written their state."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def enter(self) -> None:
+        """Count a handling in; once the gate is closed, wait until the agent is cancelled."""
+        if self.closed:
+            await asyncio.Future()
+        self.running += 1
+        self._idle.clear()
+
+    def exit(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Close the gate and wait up to ``timeout`` (s) for the handlings in flight; whether they
+        all ended."""
+        self.closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
 class App(faust.App):
     """``faust.App`` whose worker consumer asks the broker to hold an empty fetch at most
     ``fetch_max_wait_ms`` (ms) when the fetch leaves out a partition whose records the worker has
     not taken yet, and ``idle_fetch_max_wait_ms`` when it covers every partition, and sends the
     former at most every ``partial_fetch_interval_ms`` (:class:`WaitByFetchFetcher`; Faust holds
-    every fetch 1,500 ms and has no setting)."""
+    every fetch 1,500 ms and has no setting). ``steps`` counts the agents' handlings in flight
+    (:class:`Steps`), which a graceful stop lets end before it closes the tables."""
 
     def __init__(self, *args, fetch_max_wait_ms: int = 10, idle_fetch_max_wait_ms: int = 500,
                  partial_fetch_interval_ms: int = 50, **kwargs) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.idle_fetch_max_wait_ms = idle_fetch_max_wait_ms
         self.partial_fetch_interval_ms = partial_fetch_interval_ms
+        self.steps = Steps()
         super().__init__(*args, **kwargs)
+
+    async def _stop_consumer(self) -> None:
+        if not await self.steps.drain(timeout=15.0):
+            log.warning("stopping with %d agent step(s) still running after 15 s", self.steps.running)
+        await super()._stop_consumer()
 
     def _new_transport(self):
         cls = transport.by_url(self.conf.broker_consumer[0])

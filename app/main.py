@@ -240,7 +240,9 @@ class survive:
     event (agent, exception class and message, the message's location and event id) and the
     message goes to the dead letters with the exception as its reason; then the stream goes on.
     Reporting never raises: a failure to send is logged. State a handler changed before it
-    raised stays changed."""
+    raised stays changed. Each handling is counted in ``app.steps`` (:class:`app.kafka.Steps`):
+    once the worker begins to stop, a new one waits there until its agent is cancelled, and the
+    tables close only after those in flight."""
 
     def __init__(self, agent: str, event, decoded: Envelope | None = None) -> None:
         self.agent, self.event, self.decoded = agent, event, decoded
@@ -248,6 +250,7 @@ class survive:
         self._t0 = 0.0
 
     async def __aenter__(self) -> "survive":
+        await app.steps.enter()  # a worker that is stopping starts no new step (app.kafka.Steps)
         # every log line and every emitted event of this handling names the event (core.logs)
         self._token = TRACE.set((self.agent, self.decoded))
         self._t0 = time.perf_counter()
@@ -264,6 +267,7 @@ class survive:
             return True
         finally:
             TRACE.reset(self._token)
+            app.steps.exit()
 
 
 class SlowMessages:

@@ -401,3 +401,39 @@ async def _fetch_waits():
     del f._records[ticks]  # the consumer took them: the next fetch covers it again, at once
     assert fetch() == (500, ["price.ticks", "signal.generated"])
 
+
+def test_a_stopping_worker_starts_no_new_step_and_closes_its_tables_after_those_in_flight():
+    """Faust closes the tables before it stops the agents: a step still running would write its
+    state to closed tables while its input offset is committed after."""
+    import asyncio
+
+    from app.kafka import Steps
+
+    async def scenario():
+        steps, order = Steps(), []
+
+        async def step(name, hold):
+            await steps.enter()
+            order.append(f"{name} started")
+            await asyncio.sleep(hold)
+            order.append(f"{name} wrote its state")
+            steps.exit()
+
+        running = asyncio.create_task(step("in flight", 0.2))
+        await asyncio.sleep(0)
+        drained = asyncio.create_task(steps.drain(timeout=5))
+        await asyncio.sleep(0)
+        late = asyncio.create_task(step("late", 0))
+        assert await drained
+        order.append("tables closed")
+        await asyncio.sleep(0.05)
+        assert not late.done(), "a step that would start after the stop began waits for its cancellation"
+        late.cancel()
+        await running
+        assert order == ["in flight started", "in flight wrote its state", "tables closed"]
+
+        stuck = Steps()
+        await stuck.enter()
+        assert not await stuck.drain(timeout=0.05), "a step that never ends does not hold the stop forever"
+
+    asyncio.run(scenario())
