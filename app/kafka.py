@@ -106,8 +106,9 @@ class PartitionAssignor(FaustPartitionAssignor):
 
 class WaitByFetchFetcher(Fetcher):
     """aiokafka's fetcher, with the broker's hold on an empty fetch (``fetch_max_wait_ms``) chosen
-    per fetch: ``whole_wait_ms`` when the fetch covers every assigned partition, ``partial_wait_ms``
-    when it leaves one out (records fetched and not yet taken by the consumer, or paused), and at
+    per fetch: ``whole_wait_ms`` when the fetch covers every partition it can (all but the paused
+    ones), ``partial_wait_ms`` when it leaves one out whose records the consumer has not taken yet,
+    and at
     most one fetch that leaves a partition out every ``partial_interval_s`` (s).
 
     aiokafka keeps one fetch per broker in flight and leaves out of it the partitions whose
@@ -124,12 +125,21 @@ class WaitByFetchFetcher(Fetcher):
     goes at once."""
 
     whole_wait_ms = partial_wait_ms = 10
+    #: () -> names of topics whose untaken records do not make a fetch partial
+    untaken_topics = staticmethod(frozenset)
     partial_interval_s = 0.0
     _partial_at = 0.0
 
     def _get_actions_per_node(self, assignment):
         # the requests built below read this attribute
-        whole = not self._records and not any(assignment.state_value(tp).paused for tp in assignment.tps)
+        # Paused partitions are left out of every fetch and do not count: Faust keeps a table's
+        # active changelog partitions paused for good once it has read them, and a stream partition
+        # resumed at the end of a rebalance waits behind a fetch of the others at most once. Nor
+        # do a changelog's untaken records: Faust takes them only while it recovers a table, so
+        # those fetched afterwards (the worker's own table writes, when its assignment needed no
+        # recovery) stay untaken for good and would keep every fetch partial.
+        records = self._records
+        whole = not records or all(tp.topic in self.untaken_topics() for tp in records)
         self._fetch_max_wait_ms = self.whole_wait_ms if whole else self.partial_wait_ms
         fetches, resets, timeout, invalid, resumes = super()._get_actions_per_node(assignment)
         if fetches and not whole and self.partial_interval_s:
@@ -152,6 +162,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         fetcher.whole_wait_ms = self.app.idle_fetch_max_wait_ms
         fetcher.partial_wait_ms = fetcher._fetch_max_wait_ms = self.app.fetch_max_wait_ms
         fetcher.partial_interval_s = self.app.partial_fetch_interval_ms / 1000.0
+        fetcher.untaken_topics = lambda: self.app.tables.changelog_topics
 
 
 class SeekBeforeResume:
