@@ -108,8 +108,7 @@ class WaitByFetchFetcher(Fetcher):
     """aiokafka's fetcher, with the broker's hold on an empty fetch (``fetch_max_wait_ms``) chosen
     per fetch: ``whole_wait_ms`` when the fetch covers every partition it can (all but the paused
     ones), ``partial_wait_ms`` when it leaves one out whose records the consumer has not taken yet,
-    and at
-    most one fetch that leaves a partition out every ``partial_interval_s`` (s).
+    and at most one fetch that leaves a partition out every ``partial_interval_s`` (s).
 
     aiokafka keeps one fetch per broker in flight and leaves out of it the partitions whose
     records the consumer has not taken yet. A fetch that leaves such a partition out may find no
@@ -131,15 +130,17 @@ class WaitByFetchFetcher(Fetcher):
     _partial_at = 0.0
 
     def _get_actions_per_node(self, assignment):
-        # the requests built below read this attribute
         # Paused partitions are left out of every fetch and do not count: Faust keeps a table's
         # active changelog partitions paused for good once it has read them, and a stream partition
         # resumed at the end of a rebalance waits behind a fetch of the others at most once. Nor
         # do a changelog's untaken records: Faust takes them only while it recovers a table, so
         # those fetched afterwards (the worker's own table writes, when its assignment needed no
         # recovery) stay untaken for good and would keep every fetch partial.
-        records = self._records
-        whole = not records or all(tp.topic in self.untaken_topics() for tp in records)
+        whole = True
+        if self._records:
+            untaken = self.untaken_topics()
+            whole = all(tp.topic in untaken for tp in self._records)
+        # the requests built below read this attribute
         self._fetch_max_wait_ms = self.whole_wait_ms if whole else self.partial_wait_ms
         fetches, resets, timeout, invalid, resumes = super()._get_actions_per_node(assignment)
         if fetches and not whole and self.partial_interval_s:
