@@ -17,6 +17,13 @@ worker that submitted it may have died after writing its state and before its ev
 Kafka. Fills not yet applied to the portfolio are kept as in-flight quantities and counted in the
 position used for sizing and limits.
 
+An approval is answered once, whatever the answer: one that needed no order (the position already
+points its way) or that the pre-trade checks denied is remembered too (``answered``, with the
+denial's events), so a redelivery gets the same answer. Answered again against the account as it
+is by then, a SELL that found the account short might find it long after a later BUY filled, and
+place an order the first delivery did not: a worker killed and replaying its input would trade
+otherwise than one that was not.
+
 Pre-trade checks and sizing value the account with the traded token at the order's reference
 price and every other position at its entry price (not the shared latest prices, which a replay
 may have moved past the decision), so the same decisions give the same orders at any replay speed.
@@ -69,8 +76,8 @@ class ExecutionConfig:
     ``exchange_retries`` (how many times an exchange error is retried) with
     ``exchange_retry_wait_s`` (``(multiplier, max)`` seconds of tenacity's full-jitter exponential
     wait: a random wait up to ``min(max, multiplier × 2^attempt)``, so workers that fail together
-    do not retry in lockstep), how many submitted ids are remembered and, of the last of them, how many
-    keep their outcome events."""
+    do not retry in lockstep), how many submitted ids (and, apart, ids of approvals answered without
+    an order) are remembered and, of the last of each, how many keep their outcome events."""
 
     limits: Limits = field(default_factory=lambda: Limits(3.0, 10.0, 50_000.0, 5.0, 10.0))
     assets: Mapping[str, AssetSpec] = field(default_factory=lambda: dict(DEFAULT_ASSETS))
@@ -81,8 +88,11 @@ class ExecutionConfig:
     initial_cash_usd: float = 100_000.0
     exchange_retries: int = 3
     exchange_retry_wait_s: tuple[float, float] = (0.2, 1.0)
+    #: how many submitted order ids, and how many ids of approvals answered without an order, are
+    #: remembered (a redelivery of an older one is answered anew)
     submitted_memory: int = 500
-    #: how many of the last submitted orders keep their outcome events, re-sent on a redelivery
+    #: how many of the last submitted orders (and answered approvals) keep their outcome events,
+    #: re-sent on a redelivery
     outcome_memory: int = 20
 
     @classmethod
@@ -93,8 +103,9 @@ class ExecutionConfig:
 
 class ExecutionState:
     """``execution_state``: account -> {"inflight": {fill id: fill}, "submitted": [client order
-    ids], "outcomes": {client order id: [encoded events]}} (written); ``portfolio``, ``halt``,
-    ``latest_prices`` (read)."""
+    ids], "answered": [client order ids of approvals answered without an order], "outcomes":
+    {client order id: [encoded events]}} (written); ``portfolio``, ``halt``, ``latest_prices``
+    (read)."""
 
     def __init__(self, execution_state: Store, portfolio: Mapping, halt: Mapping, latest_prices: Mapping):
         self.execution_state = execution_state
@@ -123,7 +134,8 @@ class _Book:
         self.positions = {t: p for t, p in self.positions.items() if abs(p["size"]) > 1e-12}
 
     def seen(self, cloid: str) -> bool:
-        return cloid in self.state["submitted"] or cloid in self.pf["applied"]
+        return (cloid in self.state["submitted"] or cloid in self.state.get("answered", ())
+                or cloid in self.pf["applied"])
 
     def position(self, token: str) -> float:
         return self.positions.get(token, {}).get("size", 0.0)
@@ -259,14 +271,32 @@ class ExecutionProcessor:
         """Place ``order``; returns its outcome events, which are also kept with the account's
         state (the last ``outcome_memory`` orders) in the same write as its fills in flight."""
         out = await self._place(book, order, common, placed_reason, decision_id, decision_price)
+        self._keep_outcome(book, order.client_order_id, out)
+        return out
+
+    def _answer(self, book: _Book, cloid: str, out: list) -> list:
+        """Remember that the approval of order id ``cloid`` was answered without an order (none
+        needed, or denied with the events ``out``), so a redelivery gets ``out`` again; returns
+        ``out``."""
+        st = book.state
+        answered = st.setdefault("answered", [])
+        answered.append(cloid)
+        del answered[:-self.config.submitted_memory]
+        self._keep_outcome(book, cloid, out)
+        return out
+
+    def _keep_outcome(self, book: _Book, cloid: str, out: list) -> None:
+        """Keep ``out`` as the answer to ``cloid`` (for the last ``outcome_memory`` submitted and
+        answered ids each) and write the account's state."""
         st = book.state
         outcomes = st.setdefault("outcomes", {})
-        outcomes[order.client_order_id] = [encode_event(e).decode() for e in out]
-        keep = set(st["submitted"][-self.config.outcome_memory:])
-        for cloid in [c for c in outcomes if c not in keep]:
-            del outcomes[cloid]
+        if out:
+            outcomes[cloid] = [encode_event(e).decode() for e in out]
+        memory = self.config.outcome_memory
+        keep = {*st["submitted"][-memory:], *st.get("answered", ())[-memory:]}
+        for old in [c for c in outcomes if c not in keep]:
+            del outcomes[old]
         self.state.execution_state[book.account] = st
-        return out
 
     def _outcome(self, book: _Book, cloid: str) -> list:
         """The events an already submitted order was answered with, to send again: the state that
@@ -275,7 +305,7 @@ class ExecutionProcessor:
         kept = book.state.get("outcomes", {}).get(cloid)
         if not kept:
             return []
-        log.info("order %s already submitted: its %d outcome event(s) sent again", cloid, len(kept))
+        log.info("order %s already answered: its %d outcome event(s) sent again", cloid, len(kept))
         return [decode_event(e) for e in kept]
 
     async def _place(self, book: _Book, order: Order, common: dict, placed_reason: str, decision_id=None,
@@ -368,7 +398,7 @@ class ExecutionProcessor:
         book = _Book(account, self.state, cfg)
         if book.seen(cloid):
             self._count("duplicate")
-            log.info("duplicate decision %s for %s: order %s already placed", d.event_id, d.token, cloid)
+            log.info("duplicate decision %s for %s: order %s already answered", d.event_id, d.token, cloid)
             return self._outcome(book, cloid)
         common = dict(timestamp=d.timestamp, token=d.token, source="execution", correlation_id=d.correlation_id,
                       ingest_ms=d.ingest_ms, account=account)
@@ -377,18 +407,19 @@ class ExecutionProcessor:
         # replay fills at the same price; the shared latest price only stands in for a missing one.
         price = d.price or (self.state.latest_prices.get(d.token) or {}).get("price")
         if not price:
-            return self._reject(common, cloid, action_side, 0.0, None, "no_price", "no price for token", {},
-                                decision_id=d.event_id)
+            return self._answer(book, cloid, self._reject(common, cloid, action_side, 0.0, None, "no_price",
+                                                          "no price for token", {}, decision_id=d.event_id))
         if d.token not in cfg.assets:
-            return self._reject(common, cloid, action_side, 0.0, price, "unknown_token",
-                                f"unknown token {d.token!r}: no exchange metadata", {}, decision_id=d.event_id)
+            return self._answer(book, cloid, self._reject(common, cloid, action_side, 0.0, price, "unknown_token",
+                                                          f"unknown token {d.token!r}: no exchange metadata", {},
+                                                          decision_id=d.event_id))
         report = book.report(d.token, price)
         position = book.position(d.token)
         rule = cfg.sizing.get(d.strategy or "default") or cfg.sizing["default"]
         fraction = equity_fraction(rule, d.consensus_score, d.confidence)
         order = target_order(position, report.equity, price, d.recommended_action, fraction, 0.0)
         if order is None:
-            return []  # HOLD, or already positioned this way: nothing to do, nothing denied
+            return self._answer(book, cloid, [])  # HOLD, or already positioned this way: nothing denied
         side, qty = order
         size = round_size(qty, cfg.assets[d.token].sz_decimals)
         day = dict(book.pf)
@@ -399,8 +430,8 @@ class ExecutionProcessor:
                                 halted=halted_reason(self.state.halt, account), limits=cfg.limits, assets=cfg.assets,
                                 fee_bps=cfg.fee_bps)
         if violation is not None:
-            return self._reject(common, cloid, side, size, price, violation.violation_type, violation.reason,
-                                violation.metrics, decision_id=d.event_id)
+            return self._answer(book, cloid, self._reject(common, cloid, side, size, price, violation.violation_type,
+                                                          violation.reason, violation.metrics, decision_id=d.event_id))
         return await self._submit(book, Order(account, d.token, side, size, price, cloid, d.timestamp), common,
                                   f"consensus {d.consensus_score:+.1f} ({d.strategy or 'default'}, "
                                   f"{fraction:.3f} of equity)", decision_id=d.event_id, decision_price=price)

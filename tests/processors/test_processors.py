@@ -163,13 +163,21 @@ def test_consensus_processor_closes_windows_by_partition_stream_time():
     assert failed.event_type == "signal.consensus_failed" and failed.token == "ETH"
 
 
-async def test_execution_and_portfolio_processors_place_fill_and_account_once():
+def engine_and_portfolio(**portfolio_config):
+    """An execution engine on a paper exchange without slippage and a portfolio processor, over
+    one set of plain dicts: ``(stores, engine, portfolio)``."""
     stores = {k: {} for k in ("execution_state", "portfolio", "halt", "latest_prices", "exposures")}
     exposures = ExposureView(stores["exposures"], refresh_s=float("inf"))
     ex = ExecutionProcessor(ExecutionConfig(), ExecutionState(stores["execution_state"], stores["portfolio"],
                                                               stores["halt"], stores["latest_prices"]),
                             PaperExchange(slippage_bps=0.0))
-    pf = PortfolioProcessor(PortfolioConfig(), stores["portfolio"], exposures, stores["latest_prices"])
+    pf = PortfolioProcessor(PortfolioConfig(**portfolio_config), stores["portfolio"], exposures,
+                            stores["latest_prices"], stores["execution_state"], stores["halt"])
+    return stores, ex, pf
+
+
+async def test_execution_and_portfolio_processors_place_fill_and_account_once():
+    stores, ex, pf = engine_and_portfolio()
     d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
                           source="consensus", consensus_score=85, contributing_agents=["trading.rules"],
                           recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0)
@@ -183,20 +191,58 @@ async def test_execution_and_portfolio_processors_place_fill_and_account_once():
     states = pf.process(fill) + pf.process(fill)  # a redelivered fill is applied once
     assert [e.event_type for e in states] == ["state.changed"]
     assert stores["portfolio"]["paper"]["positions"]["BTC"]["size"] == pytest.approx(0.2)  # 10 % of 100k at 50k
-    assert exposures.items()[0][0] == "paper"
+    assert pf.exposures.items()[0][0] == "paper"
+
+
+async def test_a_redelivered_approval_gets_the_answer_it_had_even_after_the_position_turned():
+    """A kill -9 run traded where the run without kills did not: a SELL approval found the account
+    short (no order), a BUY approval then turned it long, and the worker, killed, replayed its
+    input from before the SELL, which now found it long and sold. Every approval is answered once:
+    no order, or a denial, is an answer a redelivery gets again."""
+    stores, ex, pf = engine_and_portfolio()
+
+    def approval(dt: int, action: str) -> ConsensusDecision:
+        return ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0 + dt,
+                                 token="BTC", source="consensus", consensus_score=85 if action == "BUY" else -85,
+                                 contributing_agents=["a", "b"], recommended_action=action, window_start=T0 + dt,
+                                 window_end=T0 + dt + 5000, price=50_000.0)
+
+    async def handle(d: ConsensusDecision) -> list:
+        out = await ex.process(d, account="paper")
+        for e in out:
+            if e.event_type == "trade.executed":
+                pf.process(e)
+        return out
+
+    def size() -> float:
+        return stores["portfolio"]["paper"]["positions"].get("BTC", {}).get("size", 0.0)
+
+    assert [e.event_type for e in await handle(approval(0, "SELL"))] == ["trade.placed", "trade.executed"]
+    sell_again = approval(10_000, "SELL")
+    assert await handle(sell_again) == []  # already short: no order
+    assert [e.event_type for e in await handle(approval(20_000, "BUY"))] == ["trade.placed", "trade.executed"]
+    long = size()
+    assert long > 0
+    assert await handle(sell_again) == [], "redelivered, it answers as it did when the account was short"
+    assert size() == long and stores["portfolio"]["paper"]["fills"] == 2
+
+    # a denial is an answer too: lifting the halt does not turn its redelivery into an order
+    stores["halt"]["paper"] = {"halted": True, "reason": "manual: test"}
+    denied = approval(30_000, "SELL")
+    first = await handle(denied)
+    assert [e.event_type for e in first] == ["risk.constraint_violation", "trade.rejected"]
+    stores["halt"].clear()
+    assert await handle(denied) == first
+    assert size() == long
+    assert stores["execution_state"]["paper"]["answered"] == [client_order_id("paper", sell_again.event_id),
+                                                              client_order_id("paper", denied.event_id)]
 
 
 async def test_portfolio_snapshots_on_event_time_carry_what_a_rebuild_needs():
     """The first fill and the first one SNAPSHOT_SECONDS of event time after the last snapshot are
     followed by a state.snapshot: the portfolio store's value, the submitted order ids, the halt
     flag."""
-    stores = {k: {} for k in ("execution_state", "portfolio", "halt", "latest_prices", "exposures")}
-    exposures = ExposureView(stores["exposures"], refresh_s=float("inf"))
-    ex = ExecutionProcessor(ExecutionConfig(), ExecutionState(stores["execution_state"], stores["portfolio"],
-                                                              stores["halt"], stores["latest_prices"]),
-                            PaperExchange(slippage_bps=0.0))
-    pf = PortfolioProcessor(PortfolioConfig(snapshot_ms=60_000), stores["portfolio"], exposures,
-                            stores["latest_prices"], stores["execution_state"], stores["halt"])
+    stores, ex, pf = engine_and_portfolio(snapshot_ms=60_000)
     kinds = []
     for i, (dt, action) in enumerate([(0, "BUY"), (30_000, "SELL"), (61_000, "BUY")]):
         d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0 + dt,
