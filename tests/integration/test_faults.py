@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import subprocess
 import threading
 import time
@@ -107,12 +108,27 @@ async def divergence(reference_dsn: str, dsn: str, limit: int = 12) -> str:
         finally:
             await conn.close()
 
+    def content(r) -> dict:
+        # the wall-clock stamps are the run's own; everything else derives from the feed
+        return {"event_type": r["event_type"],
+                **{k: v for k, v in json.loads(r["data"]).items() if k not in ("ingest_ms", "event_type")}}
+
     ref, got = await rows(reference_dsn), await rows(dsn)
     lines = []
     for side, mine, other in (("only in the fault run", got, ref), ("only in the reference", ref, got)):
         only = sorted((r for k, r in mine.items() if k not in other), key=lambda r: r["timestamp"])
         lines.append(f"{side}: {len(only)}")
         lines += [f"  {r['timestamp']:%H:%M:%S.%f} {r['event_type']} {r['data']}"[:400] for r in only[:limit]]
+    # one id, two contents: a decision of the same window (its id derives from the window's anchor)
+    # that failed in one run and passed in the other, a signal of the same bar that voted otherwise
+    differ = sorted(((got[k], ref[k]) for k in got.keys() & ref.keys() if content(got[k]) != content(ref[k])),
+                    key=lambda pair: pair[0]["timestamp"])
+    lines.append(f"same id, other content: {len(differ)}")
+    for g, r in differ[:limit]:
+        a, b = content(g), content(r)
+        keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        lines.append(f"  {g['timestamp']:%H:%M:%S.%f} {g['event_type']} {g['event_id']}: "
+                     + "; ".join(f"{k} {a.get(k)!r} here, {b.get(k)!r} in the reference" for k in keys)[:600])
     return "\n".join(lines)
 
 
