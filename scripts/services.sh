@@ -122,7 +122,8 @@ kafka_down() { stop_pid "$KAFKA_PID" Kafka; }
 pg_user_cmd() {
   if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' system user (Debian's postgresql package creates it)"
-    runuser -u postgres -- "$@"
+    # from /: the caller's folder may be one the postgres user cannot enter (pg_ctl says so)
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
