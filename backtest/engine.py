@@ -10,7 +10,8 @@ A deterministic event loop, on event time throughout (nothing reads the wall clo
   is the order Kafka delivers one partition's messages; the consensus' stream time is kept per
   partition, computed with Kafka's default partitioner (murmur2 of the key, as aiokafka's
   producer does), so windows close as they would in a worker;
-* approvals are re-keyed by the configured account, as the worker's ``route_approvals`` does.
+* approvals go to the execution engine for the configured account, as the worker's consensus step
+  hands them over (:mod:`streams.consensus`).
 
 Fills are those of the paper exchange with the run's fees and slippage and no latency, so the
 same input gives the same fills as a replay through Kafka at any speed (tested), as long as the

@@ -1,17 +1,22 @@
 """Execution engine: the Faust runtime of :class:`processors.execution.ExecutionProcessor`.
 
-Approvals are keyed by token, so ``route_approvals`` re-keys them by account onto the internal
-``execution.requests`` topic; force-close requests arrive on ``orders`` (keyed by account). The
-engine reads both topics (5 partitions each, co-partitioned with the account's ``portfolio`` and
-``execution_state`` tables) and ignores its own ``trade.placed``/``rejected``.
+The engine reads approvals from the internal ``execution.requests`` topic (keyed by account) and
+force-close requests from ``orders`` (keyed by account): 5 partitions each, co-partitioned with
+the account's ``portfolio`` and ``execution_state`` tables. It ignores its own
+``trade.placed``/``rejected``.
 
-Force-close in the same step (:func:`force_close_now`): when the risk processor asks for a
-force-close on a tick and this worker owns the account's partition of the engine's input, the
-tick stream runs the engine on the request at once instead of waiting for it to come back from
-``orders``. The engine's table writes go to the account's partition, exactly as if the request
-had been read from ``orders``; the request is still sent to ``orders`` (the log keeps the command),
-and when the engine reads it there its client order id is already submitted, so nothing happens
-twice. The processor serializes the two paths per account.
+In the same step (:func:`execute_now`): when the consensus agent approves a decision, or the risk
+processor asks for a force-close on a tick, and this worker owns the account's partition of the
+engine's input, the caller runs the engine on the command at once instead of sending it through
+Kafka to come back. The engine's table writes go to the account's partition, exactly as if the
+command had been read from the engine's input. A force-close request is still sent to ``orders``
+(the log keeps the command, and a worker that does not own the account reads it there); when the
+engine reads it there its client order id is already submitted, so nothing happens twice. An
+approval executed in the consensus step is not sent to ``execution.requests`` at all: the
+consensus window that decided it is stored only once the decision and the engine's events are in
+Kafka, so a worker killed before that decides again on the replayed signal, and the engine answers
+that approval as it did (:mod:`processors.execution`). An approval for an account another worker
+owns goes to ``execution.requests``. The processor serializes the paths per account.
 
 Reconciliation at start (:func:`_reconcile_on_start`): once the worker's tables are recovered,
 the engine compares the venue's open positions with the portfolio of every account whose
@@ -33,7 +38,7 @@ from faust.streams import _current_event
 from faust.types import TP
 from faust.types.tuples import Message
 
-from app.main import OUTPUTS, TOPICS, app, dead_letter, emit, encode_event, settings, survive, valid_events
+from app.main import app, dead_letter, emit, encode_event, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
 from core.logs import TRACE
@@ -43,10 +48,12 @@ from models.events import ConsensusDecision, OrderEvent
 log = logging.getLogger("moondev.execution")
 
 _latency = PROCESSING_SECONDS.labels("execution")
-_fast_latency = PROCESSING_SECONDS.labels("execution.force_close_now")
+_fast_latency = {"trade.force_close": PROCESSING_SECONDS.labels("execution.force_close_now"),
+                 "trade.consensus_approved": PROCESSING_SECONDS.labels("execution.approval_now")}
 ORDERS_TOPIC = settings.topic("orders")
+REQUESTS_TOPIC = settings.topic("execution.requests")
 
-#: The engine's input: re-keyed approvals and the orders topic (for trade.force_close).
+#: The engine's input: approvals keyed by account and the orders topic (for trade.force_close).
 #: Declared with the catalogue's settings (replicas, min.insync.replicas); one retention for both:
 #: the longer of theirs.
 EXECUTION_INPUT = app.topic(settings.topic("execution.requests"), settings.topic("orders"),
@@ -54,14 +61,6 @@ EXECUTION_INPUT = app.topic(settings.topic("execution.requests"), settings.topic
                             retention=max(settings.topic_retention("orders"),
                                           settings.topic_retention("execution.requests")),
                             replicas=settings.topic_replication_factor, config=settings.topic_configs())
-
-
-@app.agent(TOPICS["consensus"], name="route_approvals")
-async def route_approvals(stream):
-    async for event, decision in valid_events(stream, (ConsensusDecision,), "route_approvals"):
-        async with survive("route_approvals", event, decision):
-            if decision.event_type == "trade.consensus_approved":
-                await OUTPUTS["execution.requests"].send(key=settings.account.encode(), value=event.value)
 
 
 @app.agent(EXECUTION_INPUT, name="execution")
@@ -78,13 +77,19 @@ async def execution(stream):
             t0 = time.perf_counter()
             for out in await processor.process(req, event.message.partition, account=account):
                 await emit(out)
-                if out.event_type == "trade.executed":
-                    log.info("fill %s: %s %s %s at %s USD (fee %s USD)", out.client_order_id, out.account, out.side,
-                             out.filled_amount, out.fill_price, out.fee)
-                if out.event_type == "trade.placed" and event.message.timestamp:
-                    # from the approving decision's (or force-close request's) produce time
-                    sla.observe("signal_to_order", max(0.0, time.time() - event.message.timestamp) * 1000.0)
+                report(out, event.message.timestamp)
             _latency.observe(time.perf_counter() - t0)
+
+
+def report(out, produced_s: float | None) -> None:
+    """Log a fill, and observe ``signal_to_order`` for a placed order from ``produced_s`` (s since
+    the epoch: the produce time of the approving decision, of the signal that completed it when
+    the consensus step executes it, or of the force-close request)."""
+    if out.event_type == "trade.executed":
+        log.info("fill %s: %s %s %s at %s USD (fee %s USD)", out.client_order_id, out.account, out.side,
+                 out.filled_amount, out.fill_price, out.fee)
+    elif out.event_type == "trade.placed" and produced_s:
+        sla.observe("signal_to_order", max(0.0, time.time() - produced_s) * 1000.0)
 
 
 @app.task
@@ -114,25 +119,34 @@ def _owned_partition(account: str) -> int | None:
     return partition
 
 
-async def force_close_now(request: OrderEvent) -> list | None:
-    """Run the engine on a ``trade.force_close`` in the caller's step when this worker owns the
-    account's partition; returns the events to emit after the request, or None when the request
-    must take the normal path (another worker owns the account)."""
-    partition = _owned_partition(request.account)
+async def execute_now(command: OrderEvent | ConsensusDecision, account: str | None = None) -> list | None:
+    """Run the engine on a ``trade.force_close`` request or a ``trade.consensus_approved``
+    decision (for ``account``, the configured one by default) in the caller's step when this
+    worker owns the account's partition; returns the events to emit after the command, or None
+    when the command must take the normal path (another worker owns the account)."""
+    account = getattr(command, "account", None) or account or settings.account
+    partition = _owned_partition(account)
     if partition is None:
         return None
     t0 = time.perf_counter()
-    value = encode_event(request)
+    value = encode_event(command)
+    topic = ORDERS_TOPIC if isinstance(command, OrderEvent) else REQUESTS_TOPIC
     # Table writes pick their changelog partition (and local store) from the current event: make
-    # it the request as the engine would read it from the orders topic.
-    message = Message(ORDERS_TOPIC, partition, -1, time.time(), 0, None, request.account.encode(), value, None,
-                      tp=TP(ORDERS_TOPIC, partition))
+    # it the command as the engine would read it from its input.
+    message = Message(topic, partition, -1, time.time(), 0, None, account.encode(), value, None,
+                      tp=TP(topic, partition))
     event = faust.Event(app, message.key, value, None, message)
     ctx = contextvars.copy_context()
     ctx.run(_current_event.set, weakref.ref(event))
-    ctx.run(TRACE.set, ("execution", request))
-    out = await asyncio.get_running_loop().create_task(processor.process(request, partition), context=ctx)
-    _fast_latency.observe(time.perf_counter() - t0)
-    # caused by the request, as when the engine reads it from the orders topic (emitted by the caller)
-    return [e if e.causation_id is not None else e.model_copy(update={"causation_id": request.event_id})
+    ctx.run(TRACE.set, ("execution", command))
+    out = await asyncio.get_running_loop().create_task(processor.process(command, partition, account=account),
+                                                       context=ctx)
+    _fast_latency[command.event_type].observe(time.perf_counter() - t0)
+    # caused by the command, as when the engine reads it from its input (emitted by the caller)
+    return [e if e.causation_id is not None else e.model_copy(update={"causation_id": command.event_id})
             for e in out or ()]
+
+
+async def force_close_now(request: OrderEvent) -> list | None:
+    """:func:`execute_now` for a ``trade.force_close`` (the tick stream's)."""
+    return await execute_now(request)

@@ -113,6 +113,9 @@ def test_a_trades_portfolio_and_event_store_agree(run, database_url):
     assert {f["client_order_id"] for f in fills} == placed
     decisions = db(database_url, "SELECT data->>'decision_id' AS d FROM events WHERE event_type = 'trade.placed'")
     assert {uuid.UUID(r["d"]) for r in decisions} <= approvals
+    # one worker owns the account: the consensus step ran the engine on every approval itself,
+    # with no round trip through execution.requests
+    assert worker.metrics().get('moondev_processing_seconds_count{agent="execution.approval_now"}', 0) == len(approvals)
 
     cash = INITIAL_CASH
     size: dict[str, float] = defaultdict(float)

@@ -8,6 +8,9 @@ topics of a running worker, and what comes out of its topics is checked.
 (b) an approval that would breach MAX_LEVERAGE → ``trade.rejected`` and
     ``risk.constraint_violation`` with the reason;
 (c) the same approval sent twice → one order.
+
+Approvals go in where the consensus agent sends those for an account it does not own: the
+engine's input ``execution.requests``, keyed by the account.
 """
 
 from __future__ import annotations
@@ -57,11 +60,11 @@ def test_force_close_before_liquidation_and_constraints(worker):
         async with Bus(prefix, OUT_TOPICS) as bus:
             # (c) the same approval twice -> one order
             dup = approval("ETH", 2_500.0, T0)
-            await bus.send("consensus", "ETH", dup)
-            await bus.send("consensus", "ETH", dup)
+            await bus.send("execution.requests", "paper", dup)
+            await bus.send("execution.requests", "paper", dup)
             # (b) 5x equity in SOL would take gross leverage past 3
             big = approval("SOL", 150.0, T0 + 1000, strategy="big")
-            await bus.send("consensus", "SOL", big)
+            await bus.send("execution.requests", "paper", big)
             await bus.wait(lambda: bus.of("trade.rejected", token="SOL") and bus.of("trade.executed", token="ETH"),
                            60, "the ETH fill and the SOL rejection")
 
