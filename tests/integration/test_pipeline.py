@@ -85,6 +85,13 @@ def settle(worker, dsn: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def database_url(module_database_url):
+    """An empty database for this module: its tests count every event the store holds, so events
+    another module stored in the session's database would never let them settle."""
+    return module_database_url
+
+
+@pytest.fixture(scope="module")
 def run(tmp_path_factory, database_url):
     # As `make run`: 1 s bars, the rules, order-flow and whale agents voting, two of them to agree.
     stack = Stack(tmp_path_factory.mktemp("pipeline"), database_url=database_url, BAR_SECONDS="1",
