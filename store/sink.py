@@ -55,7 +55,7 @@ from store.eventstore import REFUSED, EventStore, Row
 log = logging.getLogger("moondev.sink")
 
 #: Topics whose invalid messages an agent already sends to the dead letters.
-VALIDATED_ELSEWHERE = {"price.ticks", "signal.generated", "consensus", "trade.executed", "sentiment.updates",
+VALIDATED_ELSEWHERE = {"price.ticks", "signal.generated", "trade.executed", "sentiment.updates",
                        "liquidation.events", "risk.alerts"}
 #: Internal topics that carry copies of events stored from their own topic.
 NOT_STORED = {"execution.requests"}

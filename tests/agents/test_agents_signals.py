@@ -105,26 +105,32 @@ async def test_llm_queue_keeps_the_newest_bar_per_token_and_drops_late_answers(o
 
 
 async def test_trading_agent_never_waits_for_the_llm(outputs, sample_path, monkeypatch):
-    """With the LLM answering after 3 s, a minute of real ticks goes through the trading agent and
-    every rule-based signal is out before a single LLM answer."""
+    """With the LLM not answering at all until released, a minute of real ticks goes through the
+    trading agent and every rule-based signal is out before a single LLM answer. (It was an answer
+    after 3 s: on a slow machine the ticks took longer than that, and answers came in between.)"""
     from feeds.files import read_ticks
 
-    fake = FakeAnthropic(delay=3.0)
+    fake = FakeAnthropic(gate=asyncio.Event())
     url = await fake.start()
     client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0, timeout=10.0)
     adv = llm.LLMAdvisor(client, "claude-test", 10.0, main.settings.llm_concurrency, 8, 256, main.emit)
     monkeypatch.setattr(runtime.trading, "advisor", adv)
     rows = [r for r in read_ticks(sample_path) if r.token == "BTC"][:6000]
     try:
-        async with ticks.test_context() as agent:
-            for r in rows:
-                t = PriceTick(event_id=new_event_id(), timestamp=r.ts_ms, token=r.token, source="test", price=r.price,
-                              size=r.size)
-                await agent.put(value=encode_event(t), key=b"BTC")
+        async def feed():
+            async with ticks.test_context() as agent:
+                for r in rows:
+                    t = PriceTick(event_id=new_event_id(), timestamp=r.ts_ms, token=r.token, source="test",
+                                  price=r.price, size=r.size)
+                    await agent.put(value=encode_event(t), key=b"BTC")
+
+        # an agent that waited for an answer would never get through the ticks
+        await asyncio.wait_for(feed(), 120)
         sent = [v for _, v in outputs["signal.generated"].sent]
         assert sent and all(s["agent"] == "trading.rules" for s in sent)
         assert fake.requests, "bar closes were sent to the LLM"
         assert len(fake.requests) <= main.settings.llm_concurrency  # the rest waited, newest per token
+        fake.gate.set()
         await adv.stop()
     finally:
         await fake.stop()

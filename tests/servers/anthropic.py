@@ -32,9 +32,11 @@ def _error(status: int, kind: str, message: str, headers: dict | None = None) ->
 
 
 class FakeAnthropic:
-    def __init__(self, mode: str = "ok", delay: float = 0.0):
+    def __init__(self, mode: str = "ok", delay: float = 0.0, gate: asyncio.Event | None = None):
+        """``delay``: seconds before each answer; ``gate``: answers wait until it is set too."""
         self.mode = mode
         self.delay = delay
+        self.gate = gate
         self.requests: list[dict] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -69,6 +71,8 @@ class FakeAnthropic:
         self.requests.append(body)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.mode == "overloaded":
             return _error(529, "overloaded_error", "Overloaded")
         if self.mode == "rate_limited":
