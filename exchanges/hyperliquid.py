@@ -84,13 +84,25 @@ class HyperliquidExchange:
         except Exception as exc:  # requests errors carry no secret; the key is never in them
             raise ExchangeError(f"HyperLiquid at {self.base_url} unreachable: {type(exc).__name__}") from None
         self.assets = asset_specs(meta)
+        # Subscribing once the WebSocket is open: a subscription queued while the SDK's thread is
+        # opening it can be missed by the SDK's replay of its queue, and a stop() before the socket
+        # is up is lost (see stop()).
+        ws = self._info.ws_manager
+        deadline = time.monotonic() + self.timeout_s
+        while not ws.ws_ready and ws.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if not ws.ws_ready:
+            log.warning("HyperLiquid WebSocket at %s not open after %.0f s: fills come from order answers "
+                        "until it is", self.base_url, self.timeout_s)
         self._info.subscribe({"type": "userFills", "user": self.account_address}, self._on_ws_fills)
         log.info("HyperLiquid adapter started for %s at %s", self.account_address, self.base_url)
 
     async def stop(self) -> None:
+        """Close the WebSocket and wait (at most ``timeout_s``) for the SDK's thread to end."""
         if self._info is not None:
-            await asyncio.to_thread(self._info.disconnect_websocket)
-            self._info = None
+            info, self._info = self._info, None
+            if not await asyncio.to_thread(_close_websocket, info.ws_manager, self.timeout_s):
+                log.warning("HyperLiquid WebSocket thread still running %.0f s after close", self.timeout_s)
 
     # Called from the SDK's WebSocket thread.
     def _on_ws_fills(self, msg: dict) -> None:
@@ -249,3 +261,26 @@ def asset_specs(meta) -> dict[str, AssetSpec]:
         if lev >= 1 and 0 <= dec <= 8:
             out[str(u["name"])] = AssetSpec(lev, dec)
     return out
+
+
+def _close_websocket(manager, timeout_s: float) -> bool:
+    """Close the SDK's WebSocket and wait for its thread; False if it still runs after ``timeout_s``.
+
+    Not ``Info.disconnect_websocket``: it closes the socket from this thread while the SDK's thread
+    waits on it in ``select``, and when both read the server's close frame the close gives up
+    before shutting the socket down, leaving that thread waiting on a closed descriptor forever
+    (and a test server's shutdown waiting on the connection). Shutting the socket down is what
+    websocket-client offers to wake a waiting reader (``WebSocket.abort``).
+    """
+    manager.stop_event.set()  # the SDK's ping thread
+    app = manager.ws
+    app.keep_running = False
+    conn = app.sock
+    if conn is not None:
+        try:
+            conn.send_close()
+        except Exception:  # noqa: BLE001 - already closed by the venue: nothing to say goodbye to
+            pass
+        conn.abort()
+    manager.join(timeout_s)
+    return not manager.is_alive()

@@ -21,7 +21,9 @@ async def hl():
     await adapter.start()
     await server.wait_subscribed()
     yield server, adapter
+    sdk_thread = adapter._info.ws_manager
     await adapter.stop()
+    assert not sdk_thread.is_alive(), "the SDK's WebSocket thread ends with stop()"
     await server.stop()
 
 
@@ -111,7 +113,9 @@ async def test_asset_metadata_comes_from_the_venues_meta(hl):
     try:
         assert again.assets == {"BTC": AssetSpec(50, 4), "ETH": AssetSpec(25, 4)}, "the venue's values; delisted left out"
     finally:
+        sdk_thread = again._info.ws_manager
         await again.stop()
+    assert not sdk_thread.is_alive(), "stopped before the venue answered the subscription, the thread ends too"
 
 
 async def test_an_order_whose_answer_was_lost_is_found_by_its_cloid(hl):
