@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import ssl
 import time
+import weakref
 
 import faust
+from faust.streams import _current_event
+from faust.types import TP
+from faust.types.tuples import Message
 
 from app.kafka import App, PartitionAssignor, Topic
 from app.monitor import LeanPrometheusMonitor
@@ -177,6 +182,35 @@ async def holding(stores):
     finally:
         for store in stores:
             store.flush()
+
+
+def owned_partition(topic: str, key: bytes) -> int | None:
+    """The partition of ``topic`` (full name) that holds ``key`` under the default partitioner,
+    if this worker is assigned it now; else None (also before the worker has started or has the
+    topic's metadata)."""
+    try:
+        partition = app.producer.key_partition(topic, key).partition
+        assigned = app.consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started, no metadata yet: the caller takes the normal path
+        return None
+    if partition is None or TP(topic, partition) not in assigned:
+        return None
+    return partition
+
+
+async def run_as_read(topic: str, partition: int, key: bytes, value: bytes, trace, coro_fn):
+    """Await ``coro_fn()`` in a task whose Faust current event is the message (``topic``,
+    ``partition``, ``key``, ``value``) as an agent would have read it, and whose trace
+    (``core.logs.TRACE``) is ``trace``. Why: a table write picks its changelog partition and local
+    store from the current event, and Faust refuses one whose event's topic is not co-partitioned
+    with the table; a step that runs another agent's processor on an event it produced itself (a
+    force-close, an approval, a signal) must write that agent's tables as that agent would."""
+    message = Message(topic, partition, -1, time.time(), 0, None, key, value, None, tp=TP(topic, partition))
+    event = faust.Event(app, key, value, None, message)
+    ctx = contextvars.copy_context()
+    ctx.run(_current_event.set, weakref.ref(event))
+    ctx.run(TRACE.set, trace)
+    return await asyncio.get_running_loop().create_task(coro_fn(), context=ctx)
 
 
 async def declare_topics(names=None) -> None:

@@ -15,16 +15,25 @@ window or a replay yields no second decision.
 The per-partition stream time and the index of open windows are caches rebuilt from the store
 after an assignment or revocation (:meth:`ConsensusProcessor.on_revoked`); stream time restarts
 from the next signal.
+
+A signal handed over twice (a worker runs the consensus on the signals its tick step produced and
+then reads their copies from ``signal.generated``) is dropped the second time without a trace, as
+long as it is among the last ``RECENT`` signals taken; an older repeat finds its window holding it
+or closed, changes nothing and counts as late.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from domain import consensus as cs
 from models.events import ConsensusDecision, SignalGenerated, derived_id
 from processors.base import Store, key_str
+
+#: How many of the last signals taken a consensus remembers, to drop a second copy silently.
+RECENT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +57,14 @@ class ConsensusConfig:
 
 class ConsensusState:
     """``windows``: token -> window state (:func:`domain.consensus.new_state`); caches:
-    ``stream_time`` partition -> ms, ``open`` partition -> {token: window start ms}."""
+    ``stream_time`` partition -> ms, ``open`` partition -> {token: window start ms}, ``recent``:
+    the ids of the last :data:`RECENT` signals taken."""
 
     def __init__(self, windows: Store):
         self.windows = windows
         self.stream_time: dict = {}
         self.open: dict = {}
+        self.recent: OrderedDict = OrderedDict()
         self.stale = True
 
 
@@ -127,6 +138,12 @@ class ConsensusProcessor:
         """Add one signal to its token's window and close the partition's windows that stream
         time has passed; returns the decisions to emit."""
         st, cfg = self.state, self.config
+        sig_id = str(sig.event_id)
+        if sig_id in st.recent:
+            return []  # taken already (in the step that produced it)
+        st.recent[sig_id] = None
+        if len(st.recent) > RECENT:
+            st.recent.popitem(last=False)
         if st.stale:
             self._rebuild()
         wms = cfg.window_ms
@@ -148,7 +165,7 @@ class ConsensusProcessor:
         entry = {"agent": sig.agent, "action": sig.action, "score": sig.score, "confidence": sig.confidence,
                  "price": sig.price, "ts": sig.timestamp,
                  "correlation_id": str(sig.correlation_id) if sig.correlation_id else None, "ingest_ms": sig.ingest_ms}
-        decisions, accepted = cs.add(state, str(sig.event_id), entry, wms, cfg.weights, cfg.threshold, cfg.min_agents,
+        decisions, accepted = cs.add(state, sig_id, entry, wms, cfg.weights, cfg.threshold, cfg.min_agents,
                                      cfg.min_confidence)
         if not accepted:
             self.late += 1

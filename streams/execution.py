@@ -29,19 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import contextvars
 import time
-import weakref
 
-import faust
-from faust.streams import _current_event
-from faust.types import TP
-from faust.types.tuples import Message
-
-from app.main import app, dead_letter, emit, encode_event, settings, survive, valid_events
+from app.main import app, dead_letter, emit, encode_event, owned_partition, run_as_read, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
-from core.logs import TRACE
 from core.metrics import PROCESSING_SECONDS
 from models.events import ConsensusDecision, OrderEvent
 
@@ -109,14 +101,7 @@ async def _reconcile_on_start() -> None:
 def _owned_partition(account: str) -> int | None:
     """The partition of the engine's input (and of the account's tables) that holds ``account``,
     if this worker is assigned it now; else None."""
-    try:
-        partition = app.producer.key_partition(ORDERS_TOPIC, account.encode()).partition
-        assigned = app.consumer.assignment()
-    except Exception:  # noqa: BLE001 - not started, no metadata yet: take the normal path
-        return None
-    if partition is None or TP(ORDERS_TOPIC, partition) not in assigned:
-        return None
-    return partition
+    return owned_partition(ORDERS_TOPIC, account.encode())
 
 
 async def execute_now(command: OrderEvent | ConsensusDecision, account: str | None = None) -> list | None:
@@ -129,18 +114,10 @@ async def execute_now(command: OrderEvent | ConsensusDecision, account: str | No
     if partition is None:
         return None
     t0 = time.perf_counter()
-    value = encode_event(command)
     topic = ORDERS_TOPIC if isinstance(command, OrderEvent) else REQUESTS_TOPIC
-    # Table writes pick their changelog partition (and local store) from the current event: make
-    # it the command as the engine would read it from its input.
-    message = Message(topic, partition, -1, time.time(), 0, None, account.encode(), value, None,
-                      tp=TP(topic, partition))
-    event = faust.Event(app, message.key, value, None, message)
-    ctx = contextvars.copy_context()
-    ctx.run(_current_event.set, weakref.ref(event))
-    ctx.run(TRACE.set, ("execution", command))
-    out = await asyncio.get_running_loop().create_task(processor.process(command, partition, account=account),
-                                                       context=ctx)
+    # the engine's table writes go to the account's partition, as if it had read the command
+    out = await run_as_read(topic, partition, account.encode(), encode_event(command), ("execution", command),
+                            lambda: processor.process(command, partition, account=account))
     _fast_latency[command.event_type].observe(time.perf_counter() - t0)
     # caused by the command, as when the engine reads it from its input (emitted by the caller)
     return [e if e.causation_id is not None else e.model_copy(update={"causation_id": command.event_id})

@@ -20,7 +20,9 @@ and its events have ids derived from their inputs, so a replay adds nothing.
 
 A ``trade.force_close`` the risk processor answers is executed in the same step when this worker
 owns the account (:func:`streams.execution.force_close_now`): the closing order reaches the
-exchange without a Kafka hop.
+exchange without a Kafka hop. Likewise the signals: once sent, each goes through the consensus in
+the same step when this worker owns the token's partition of ``signal.generated``
+(:func:`streams.consensus.consensus_now`), and an approval from there through the engine.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, TICK_REC
 from domain import indicators as ind
 from models.events import EventError, PriceTick
 from processors.trading import CLOSED, DROP
+from streams.consensus import consensus_now
 from streams.execution import force_close_now
 
 
@@ -95,6 +98,10 @@ async def ticks(stream):
                         pending.append(await emit(done))
             for out in outs:
                 pending.append(await emit(out))
+            # then the consensus on them here, when this worker owns their partition (streams.consensus)
+            for out in outs:
+                if out.event_type == "signal.generated":
+                    await consensus_now(out)
 
         if verdict == DROP:
             await stream.ack(event)

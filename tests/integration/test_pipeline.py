@@ -123,6 +123,10 @@ def test_a_trades_portfolio_and_event_store_agree(run, database_url):
     # one worker owns the account: the consensus step ran the engine on every approval itself,
     # with no round trip through execution.requests
     assert worker.metrics().get('moondev_processing_seconds_count{agent="execution.approval_now"}', 0) == len(approvals)
+    # and it owns every token's signals: the tick step ran the consensus on each signal it produced
+    (signals,) = db(database_url, "SELECT count(*) AS n FROM events WHERE event_type = 'signal.generated'")
+    assert signals["n"] > 0
+    assert worker.metrics().get('moondev_processing_seconds_count{agent="consensus.now"}', 0) == signals["n"]
 
     cash = INITIAL_CASH
     size: dict[str, float] = defaultdict(float)

@@ -163,6 +163,21 @@ def test_consensus_processor_closes_windows_by_partition_stream_time():
     assert failed.event_type == "signal.consensus_failed" and failed.token == "ETH"
 
 
+def test_consensus_processor_drops_a_second_copy_of_a_signal_silently():
+    """A worker takes its tick step's signals at once and reads their copies from Kafka later: the
+    copy changes nothing and is not counted late, even once its window has closed."""
+    p = ConsensusProcessor(ConsensusConfig(min_agents=2), ConsensusState({}))
+    first, second = sig(T0), sig(T0 + 1000, agent="orderflow")
+    (approved,) = p.process(first, 0) + p.process(second, 0)
+    assert approved.event_type == "trade.consensus_approved"
+    assert p.process(sig(T0 + 9000, "ETH"), 0) == []  # stream time closes BTC's window
+    windows = json.dumps(p.state.windows, sort_keys=True)
+    assert p.process(first, 0) == [] and p.process(second, 0) == []
+    assert p.late == 0 and json.dumps(p.state.windows, sort_keys=True) == windows
+    # one it no longer remembers is a late signal, as any signal before a closed window
+    p.state.recent.clear()
+    assert p.process(first, 0) == [] and p.late == 1
+
 def engine_and_portfolio(**portfolio_config):
     """An execution engine on a paper exchange without slippage and a portfolio processor, over
     one set of plain dicts: ``(stores, engine, portfolio)``."""
