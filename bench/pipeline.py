@@ -284,12 +284,17 @@ def main() -> None:
             stack.feed(SAMPLE, speed, timeout=4000)
             feed_s = time.monotonic() - t0
             whole_path([w], N_SAMPLE)
-            lat = [ts - ev["ingest_ms"] for ts, ev in asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed"))
-                   if ev.get("ingest_ms")]
+            got = [(ts, ts - ev["ingest_ms"]) for ts, ev in
+                   asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed")) if ev.get("ingest_ms")]
+            lat = [ms for _, ms in got]
             if lat:
+                # where the tail sits in the run (seconds after the first fill) tells warm-up from bursts
+                slowest = sorted(got, key=lambda g: -g[1])[:5]
                 print(f"latency tick→trade.executed at --speed {speed} "
                       f"(~{N_SAMPLE / feed_s:,.0f} ticks/s offered incl. feed start-up): n={len(lat)} "
-                      f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms", flush=True)
+                      f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms; "
+                      "slowest (ms @ s after the first fill): "
+                      + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f}" for ts, ms in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
