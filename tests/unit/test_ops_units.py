@@ -400,7 +400,17 @@ async def _fetch_waits():
     f.untaken_topics = lambda: {"app-bar_history-changelog"}
     f._records[changelog] = FetchResult(changelog, assignment=assignment, partition_records=None, backoff=0)
     assert fetch() == (500, ["price.ticks", "signal.generated"])
+    # just fetched, with aiokafka's prefetch backoff (0.1 s), which would hold every fetch from the
+    # broker until it ran out: the first write to a changelog stalled the tick stream for 100 ms
+    f._records[changelog] = FetchResult(changelog, assignment=assignment, partition_records=None, backoff=0.1)
+    assert fetch() == (500, ["price.ticks", "signal.generated"]), "untaken changelog records hold no fetch"
     del f._records[changelog]
+    # a stream partition's fresh records still hold the broker's fetches for the backoff: the
+    # consumer is about to take them (aiokafka's behaviour, kept)
+    f._records[ticks] = FetchResult(ticks, assignment=assignment, partition_records=None, backoff=0.1)
+    requests, _reset, timeout, _invalid, _resume = f._get_actions_per_node(assignment)
+    assert requests == [] and 0 < timeout <= 0.1
+    del f._records[ticks]
     subscriptions.pause(changelog)
 
     # while the tick partition's records wait, the idle others are asked for at most every interval
