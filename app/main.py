@@ -227,13 +227,21 @@ async def _freeze_startup_heap(sender, **kwargs) -> None:
     # Everything imported and built at start (pandas, pandas-ta, Faust, the recovered tables) lives
     # for the whole run: move it out of the collector's scans, so full collections (tens of ms over
     # this heap, stalling every agent and the dashboard push) only walk what the run allocates.
-    # Faust sends this signal once the tables are recovered and before the streams resume: the one
-    # full collection (~180 ms here) is paid while nothing is consumed, not on a tick (it was timed
-    # 10 s after start, and then landed on a live fill). Once: a frozen object is never collected.
-    if gc.get_freeze_count():
-        return
+    # Faust sends this signal once a rebalance's tables are recovered and before the streams
+    # resume: the full collection (~180 ms here) is paid while nothing is consumed, not on a tick
+    # (timed 10 s after start, it landed on a live fill); and again after every rebalance, the
+    # heap having been unfrozen when it began (_unfreeze_on_revoke).
     gc.collect()
     gc.freeze()
+
+
+@app.on_partitions_revoked.connect
+async def _unfreeze_on_revoke(sender, revoked, **kwargs) -> None:
+    # Faust's RocksDB store closes a revoked partition's database by dropping it and collecting:
+    # a frozen database that a reference cycle held would keep its lock, and the partition could
+    # not be opened again when it came back (frozen once for good, a rolling restart lost table
+    # state). Faust revokes the tables' partitions after this signal.
+    gc.unfreeze()
 
 
 @app.task
