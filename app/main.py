@@ -223,7 +223,7 @@ async def declare_topics(names=None) -> None:
 
 
 @app.on_rebalance_complete.connect
-async def _freeze_startup_heap(sender, **kwargs) -> None:
+async def _freeze_heap(sender, **kwargs) -> None:
     # Everything imported and built at start (pandas, pandas-ta, Faust, the recovered tables) lives
     # for the whole run: move it out of the collector's scans, so full collections (tens of ms over
     # this heap, stalling every agent and the dashboard push) only walk what the run allocates.
