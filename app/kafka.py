@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Iterable, Mapping
 
@@ -27,10 +28,13 @@ from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.protocol.metadata import MetadataRequest
 from faust import transport
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger("moondev")
+
+_GETMANY_CODE = FaustConsumer.getmany.__code__
 
 #: How long ``declare()`` waits for a created topic to show in every broker's metadata (seconds).
 TOPIC_VISIBLE_TIMEOUT_S = 30.0
@@ -188,7 +192,9 @@ class SeekBeforeResume:
     signal decided before the earlier ones replayed closed a consensus window without them (a
     rolling restart ended one run in four with another portfolio). Holding the resume until
     :meth:`perform_seek` makes every partition start at its committed offset, as on a fresh
-    assignment."""
+    assignment. The seek Faust's fetch loop adds when a fetch returns while a rebalance has
+    stopped the flow is left out: it could end after the recovery's and set the read offsets back
+    under the agents."""
 
     _resume_after_seek: frozenset = frozenset()
 
@@ -201,7 +207,22 @@ class SeekBeforeResume:
                 tps = tps - held
         super().resume_partitions(tps)
 
+    def _called_by_fetch(self) -> bool:
+        # perform_seek's caller: Faust's Consumer.getmany (the fetch loop) or the recovery
+        caller = sys._getframe(1).f_back  # None when perform_seek runs as a task of its own
+        return caller is not None and caller.f_code is _GETMANY_CODE
+
     async def perform_seek(self) -> None:
+        if self.app.rebalancing and not getattr(self, "flow_active", True) and self._called_by_fetch():
+            # Faust's fetcher seeks back to the committed offsets when a fetch returns while the
+            # flow is stopped. In a rebalance that seek waits for the consumer thread, and it was
+            # seen to end after the recovery had sought, resumed the streams and delivered
+            # records: it set the read offsets back under the agents, and records delivered just
+            # before it never reached the consensus (a window decided without seven signals).
+            # The recovery seeks every stream partition before it resumes any, after the flow
+            # stopped, so this seek adds nothing in a rebalance.
+            log.debug("the fetch loop's seek to the committed offsets is left to the recovery")
+            return
         try:
             await super().perform_seek()
         finally:

@@ -338,6 +338,17 @@ def test_a_kept_stream_partition_resumes_only_after_its_seek_to_the_committed_of
     c.resume_partitions([ticks])  # flow control outside a rebalance (a drained buffer) is not held
     assert calls == [("resume", {ticks})]
 
+    # the fetcher's own seek back, when a fetch returns while a rebalance has stopped the flow,
+    # could end after the recovery's seek had resumed the streams: it is left to the recovery
+    c.app.rebalancing, c.flow_active = True, False
+    c._called_by_fetch = lambda: True
+    calls.clear()
+    asyncio.run(c.perform_seek())
+    assert calls == [], "no seek from the fetch loop while the flow is stopped in a rebalance"
+    c._called_by_fetch = lambda: False
+    asyncio.run(c.perform_seek())
+    assert calls == [("seek",)], "the recovery's seek, whenever it comes"
+
 
 def test_the_broker_holds_a_fetch_of_every_partition_long_and_one_that_leaves_a_partition_out_short():
     """A fetch that covers every assigned partition is answered as soon as any gets a record, so it
