@@ -173,11 +173,12 @@ class Stack:
         """Stop the workers, then (``delete_topics``) delete the run's topics: its catalogue
         under the prefix and the worker's own (changelogs, assignor), so repeated runs do not
         pile up thousands of topics on the broker, whose every full metadata answer a client
-        then decodes in Python (~0.1 s each at 2,000 topics)."""
+        then decodes in Python (~0.1 s each at 2,000 topics). With ``KEEP_TEST_TOPICS=1`` in
+        the environment they are kept, to read a failed run's log and changelogs."""
         for w in self.workers:
             w.stop()
         _LIVE.discard(self)
-        if delete_topics and self.topics_declared:
+        if delete_topics and self.topics_declared and not os.environ.get("KEEP_TEST_TOPICS"):
             try:
                 self.delete_topics()
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own outcome
