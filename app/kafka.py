@@ -2,7 +2,10 @@
 created (``docs/architecture.md``, "A worker's first start"), and its consumer neither sits on a
 drained partition nor keeps asking for data when idle (:class:`WaitByFetchFetcher`), nor reads a
 partition it kept through a rebalance from anywhere but its committed offset
-(:class:`SeekBeforeResume`), and its producer is idempotent (:class:`_Producer`).
+(:class:`SeekBeforeResume`), and its producer is idempotent (:class:`_Producer`). A step that
+runs another agent's processor itself on a record it produced (the consensus on a tick step's
+signal, the engine on an approval or a force-close) does so only once that agent has read what its
+input held before (:class:`InputOrder`).
 
 * :class:`Topic` returns from ``declare()`` only once every broker's metadata lists the topic.
   Faust creates its internal topics (table changelogs, the assignor's leader topic) right before
@@ -22,6 +25,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import faust
 from aiokafka.consumer.fetcher import Fetcher
@@ -179,6 +183,84 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         fetcher.untaken_topics = lambda: self.app.tables.changelog_topics
 
 
+class InputOrder:
+    """Whether a step may run another agent's processor itself on a record instead of leaving it
+    to that agent, without overtaking the records the agent has yet to read, per input partition
+    of the agents that offer such a shortcut (:meth:`watch`).
+
+    The shortcut (``streams.consensus.consensus_now``, ``streams.execution.execute_now``) is
+    taken when this worker owns the partition the record belongs to. After a rebalance that
+    partition may still hold records the agent has not read: a tick stream's signals or a
+    consensus's approvals that another worker sent while it owned the ticks or the token, and
+    records this worker sent the slow way. A signal put through the consensus before them would
+    join windows in another order than the log's. So, per partition: at every seek to the
+    committed offsets (:meth:`start`) the log's end is read, and the shortcut waits until the
+    agent has handled the record before it (:meth:`read`) and every record this worker sent there
+    meanwhile (:meth:`sent`); until then the record takes the agent's path, in log order. Every
+    rebalance starts over (:meth:`reset`)."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+        self._generation = 0
+        self._read: dict = {}  # TP -> offset of the last record the agent handled (or start - 1)
+        self._need: dict = {}  # TP -> offset the agent must have handled first
+        self._outstanding: dict = {}  # TP -> records sent the slow way whose offset is not known yet
+
+    def watch(self, *topics: str) -> None:
+        """Track the partitions of ``topics`` (full names), an agent's input with a shortcut."""
+        self.topics.update(topics)
+
+    def reset(self) -> None:
+        """Forget everything (the partitions are being revoked): no shortcut until :meth:`start`."""
+        self._generation += 1
+        self._read.clear()
+        self._need.clear()
+        self._outstanding.clear()
+
+    async def start(self, consumer: Any, positions: Mapping) -> None:
+        """After a seek: ``positions`` TP -> the offset each partition's agent starts reading at
+        (the committed offset; ``None`` for the log's start). Reads the end offsets of the watched
+        partitions among the consumer's assignment (one ListOffsets request)."""
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+        if not tps:
+            return
+        generation = self._generation
+        starts = {tp: positions.get(tp) or 0 for tp in tps}  # before the await: the agents read on
+        ends = await consumer.highwaters(*tps)
+        if generation != self._generation:
+            return  # revoked meanwhile
+        for tp in tps:
+            self._read[tp] = max(self._read.get(tp, -1), starts[tp] - 1)
+            self._need[tp] = max(self._need.get(tp, -1), ends.get(tp, 0) - 1)
+
+    def read(self, tp, offset: int) -> None:
+        """The agent has handled (or dropped) the record at ``offset`` of ``tp``."""
+        if tp in self._read and offset > self._read[tp]:
+            self._read[tp] = offset
+
+    def ready(self, *tps) -> bool:
+        """Whether a record of each of ``tps`` may skip its agent's path now."""
+        return all(tp in self._read and not self._outstanding.get(tp) and self._read[tp] >= self._need[tp]
+                   for tp in tps)
+
+    def sent(self, tp, pending) -> None:
+        """A record this worker sent to ``tp`` for its agent to read (``pending``: the send's
+        future, whose result has the record's offset): no shortcut on ``tp`` before it is read."""
+        if pending is None or tp.topic not in self.topics:
+            return
+        generation = self._generation
+        self._outstanding[tp] = self._outstanding.get(tp, 0) + 1
+
+        def done(future) -> None:
+            if generation != self._generation:
+                return
+            self._outstanding[tp] -= 1
+            if not future.cancelled() and future.exception() is None:
+                self._need[tp] = max(self._need.get(tp, -1), future.result().offset)
+
+        pending.add_done_callback(done)
+
+
 class SeekBeforeResume:
     """Consumer mixin: during a rebalance, a stream partition is resumed only once it has been
     sought to its committed offset.
@@ -225,6 +307,13 @@ class SeekBeforeResume:
             return
         try:
             await super().perform_seek()
+            order = getattr(self.app, "input_order", None)
+            if order is not None:
+                try:
+                    await order.start(self, self._read_offset)
+                except Exception as exc:  # noqa: BLE001 - no shortcut this generation, nothing lost
+                    log.warning("input order not started (%s: %s): shortcuts off until the next rebalance",
+                                type(exc).__name__, exc)
         finally:
             held, self._resume_after_seek = self._resume_after_seek, frozenset()
             if held:
@@ -232,6 +321,10 @@ class SeekBeforeResume:
 
 
 class _Consumer(SeekBeforeResume, faust_aiokafka.Consumer):
+    async def on_partitions_revoked(self, revoked) -> None:
+        self.app.input_order.reset()
+        await super().on_partitions_revoked(revoked)
+
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -305,6 +398,7 @@ class App(faust.App):
         self.idle_fetch_max_wait_ms = idle_fetch_max_wait_ms
         self.partial_fetch_interval_ms = partial_fetch_interval_ms
         self.steps = Steps()
+        self.input_order = InputOrder()
         super().__init__(*args, **kwargs)
 
     async def _stop_consumer(self) -> None:

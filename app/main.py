@@ -374,5 +374,6 @@ async def valid_events(stream, expect: tuple, agent: str):
             decoded = decode_checked(event.value, expect, event.key, event.message.topic)
         except EventError as exc:
             await dead_letter(event.message, exc.reason, agent)
+            app.input_order.read(event.message.tp, event.message.offset)
             continue
         yield event, decoded

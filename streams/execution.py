@@ -16,7 +16,10 @@ approval executed in the consensus step is not sent to ``execution.requests`` at
 consensus window that decided it is stored only once the decision and the engine's events are in
 Kafka, so a worker killed before that decides again on the replayed signal, and the engine answers
 that approval as it did (:mod:`processors.execution`). An approval for an account another worker
-owns goes to ``execution.requests``. The processor serializes the paths per account.
+owns goes to ``execution.requests``. The processor serializes the paths per account. Either
+shortcut is taken only once the engine has read what its input partitions held before
+(:class:`app.kafka.InputOrder`): after a rebalance, approvals another worker's consensus sent are
+still to be read, and a later approval executed first would size its order on another portfolio.
 
 Reconciliation at start (:func:`_reconcile_on_start`): once the worker's tables are recovered,
 the engine compares the venue's open positions with the portfolio of every account whose
@@ -31,6 +34,8 @@ import asyncio
 import logging
 import time
 
+from faust.types import TP
+
 from app.main import app, dead_letter, emit, encode_event, owned_partition, run_as_read, settings, survive, valid_events
 from app.runtime import execution as processor
 from app.sla import sla
@@ -44,6 +49,7 @@ _fast_latency = {"trade.force_close": PROCESSING_SECONDS.labels("execution.force
                  "trade.consensus_approved": PROCESSING_SECONDS.labels("execution.approval_now")}
 ORDERS_TOPIC = settings.topic("orders")
 REQUESTS_TOPIC = settings.topic("execution.requests")
+app.input_order.watch(ORDERS_TOPIC, REQUESTS_TOPIC)
 
 #: The engine's input: approvals keyed by account and the orders topic (for trade.force_close).
 #: Declared with the catalogue's settings (replicas, min.insync.replicas); one retention for both:
@@ -62,15 +68,18 @@ async def execution(stream):
         # the key names the account of an approval; an order event's own account was checked
         # against its key: either must be one this deployment trades
         account = (event.key or settings.account.encode()).decode("utf-8", "replace")
-        if account not in known or getattr(req, "account", account) not in known:
-            await dead_letter(event.message, f"unknown account {account!r} (ACCOUNT, ACCOUNTS)", "execution")
-            continue
-        async with survive("execution", event, req):
-            t0 = time.perf_counter()
-            for out in await processor.process(req, event.message.partition, account=account):
-                await emit(out)
-                report(out, event.message.timestamp)
-            _latency.observe(time.perf_counter() - t0)
+        try:
+            if account not in known or getattr(req, "account", account) not in known:
+                await dead_letter(event.message, f"unknown account {account!r} (ACCOUNT, ACCOUNTS)", "execution")
+                continue
+            async with survive("execution", event, req):
+                t0 = time.perf_counter()
+                for out in await processor.process(req, event.message.partition, account=account):
+                    await emit(out)
+                    report(out, event.message.timestamp)
+                _latency.observe(time.perf_counter() - t0)
+        finally:
+            app.input_order.read(event.message.tp, event.message.offset)
 
 
 def report(out, produced_s: float | None) -> None:
@@ -107,11 +116,13 @@ def _owned_partition(account: str) -> int | None:
 async def execute_now(command: OrderEvent | ConsensusDecision, account: str | None = None) -> list | None:
     """Run the engine on a ``trade.force_close`` request or a ``trade.consensus_approved``
     decision (for ``account``, the configured one by default) in the caller's step when this
-    worker owns the account's partition; returns the events to emit after the command, or None
-    when the command must take the normal path (another worker owns the account)."""
+    worker owns the account's partition and the engine has read what that partition of its input
+    held before (:class:`app.kafka.InputOrder`); returns the events to emit after the command, or
+    None when the command must take the normal path (the caller then sends it and hands the send
+    to :func:`noted_for_engine`)."""
     account = getattr(command, "account", None) or account or settings.account
     partition = _owned_partition(account)
-    if partition is None:
+    if partition is None or not app.input_order.ready(TP(REQUESTS_TOPIC, partition), TP(ORDERS_TOPIC, partition)):
         return None
     t0 = time.perf_counter()
     topic = ORDERS_TOPIC if isinstance(command, OrderEvent) else REQUESTS_TOPIC
@@ -124,6 +135,19 @@ async def execute_now(command: OrderEvent | ConsensusDecision, account: str | No
             for e in out or ()]
 
 
-async def force_close_now(request: OrderEvent) -> list | None:
-    """:func:`execute_now` for a ``trade.force_close`` (the tick stream's)."""
-    return await execute_now(request)
+async def force_close_now(request: OrderEvent, sent=None) -> list | None:
+    """:func:`execute_now` for a ``trade.force_close`` (the tick stream's), which the caller has
+    sent to ``orders`` (``sent``: that send's pending acknowledgement)."""
+    done = await execute_now(request)
+    if done is None:
+        noted_for_engine(ORDERS_TOPIC, request.account, sent)
+    return done
+
+
+def noted_for_engine(topic: str, account: str, sent) -> None:
+    """A command for ``account`` sent to the engine's input ``topic`` (full name; ``sent``: the
+    send's pending acknowledgement) instead of run in the step: when this worker owns that
+    partition, no later command may skip the engine's path before the engine has read this one."""
+    partition = owned_partition(topic, account.encode())
+    if partition is not None:
+        app.input_order.sent(TP(topic, partition), sent)

@@ -90,18 +90,20 @@ async def ticks(stream):
             # Risk first: a force-close must not queue behind a signal, nor wait for a Kafka hop when
             # this worker owns the account (the engine runs on it here, streams.execution).
             for out in alerts:
-                pending.append(await emit(out))
+                pending.append(sent := await emit(out))
                 if out.event_type == "risk.alert" and tick.ingest_ms:
                     sla.observe("tick_to_risk_alert", time.time() * 1000.0 - tick.ingest_ms)
                 elif out.event_type == "trade.force_close":
-                    for done in await force_close_now(out) or ():
+                    for done in await force_close_now(out, sent) or ():
                         pending.append(await emit(done))
+            sends = []
             for out in outs:
-                pending.append(await emit(out))
+                pending.append(sent := await emit(out))
+                sends.append(sent)
             # then the consensus on them here, when this worker owns their partition (streams.consensus)
-            for out in outs:
+            for out, sent in zip(outs, sends):
                 if out.event_type == "signal.generated":
-                    await consensus_now(out)
+                    await consensus_now(out, sent)
 
         if verdict == DROP:
             await stream.ack(event)

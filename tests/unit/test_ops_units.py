@@ -350,6 +350,70 @@ def test_a_kept_stream_partition_resumes_only_after_its_seek_to_the_committed_of
     assert calls == [("seek",)], "the recovery's seek, whenever it comes"
 
 
+def test_a_shortcut_waits_until_the_agent_has_read_what_its_partition_held_before():
+    """After a rebalance a partition may hold records its agent has not read (another worker's
+    signals, this worker's records sent the slow way): a step must not put a later record through
+    the agent's processor before them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app.kafka import InputOrder
+
+    signals, other = TP("run.signal.generated", 3), TP("run.price.ticks", 3)
+
+    class Consumer:
+        def assignment(self):
+            return {signals, other}
+
+        async def highwaters(self, *tps):
+            assert set(tps) == {signals}, "only the watched topics are asked for"
+            return {signals: 120}
+
+    order = InputOrder()
+    order.watch("run.signal.generated")
+    assert not order.ready(signals), "nothing known before the first seek"
+    asyncio.run(order.start(Consumer(), {signals: 100}))
+    assert not order.ready(signals), "records 100-119 are still to be read"
+    order.read(signals, 118)
+    assert not order.ready(signals)
+    order.read(signals, 119)
+    assert order.ready(signals)
+
+    async def sent_the_slow_way():
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        order.sent(signals, first)
+        order.sent(signals, second)
+        assert not order.ready(signals), "its offset is not known yet: it may be anywhere after 119"
+        first.set_result(SimpleNamespace(offset=120))
+        second.set_result(SimpleNamespace(offset=121))
+        await asyncio.sleep(0)  # done callbacks run on the loop
+        assert not order.ready(signals)
+        order.read(signals, 120)
+        assert not order.ready(signals)
+        order.read(signals, 121)
+        assert order.ready(signals), "everything before the shortcut's record has been read"
+        failed = loop.create_future()
+        order.sent(signals, failed)
+        failed.set_exception(RuntimeError("not delivered"))
+        await asyncio.sleep(0)
+        assert order.ready(signals), "a send that failed put nothing in the partition"
+
+        late = loop.create_future()
+        order.sent(signals, late)
+        order.reset()  # a rebalance begins
+        assert not order.ready(signals)
+        await order.start(Consumer(), {signals: 130})  # nothing left to read from 130 on
+        assert order.ready(signals)
+        late.set_result(SimpleNamespace(offset=125))
+        await asyncio.sleep(0)
+        assert order.ready(signals), "a send of the last generation counts in its own only"
+
+    asyncio.run(sent_the_slow_way())
+
+
 def test_the_broker_holds_a_fetch_of_every_partition_long_and_one_that_leaves_a_partition_out_short():
     """A fetch that covers every assigned partition is answered as soon as any gets a record, so it
     may wait long (an idle worker asks rarely); one that leaves out a partition whose records the
