@@ -284,6 +284,15 @@ def main() -> None:
             stack.feed(SAMPLE, speed, timeout=4000)
             feed_s = time.monotonic() - t0
             whole_path([w], N_SAMPLE)
+            # how often each same-step shortcut was taken (app.kafka.InputOrder may send a record
+            # the agent's way): a fill that took the Kafka hop shows in the tail
+            m = w.metrics()
+            taken = {a: int(m.get(f'moondev_processing_seconds_count{{agent="{a}"}}', 0))
+                     for a in ("consensus.now", "consensus", "execution.approval_now", "execution")}
+            print(f"shortcuts at --speed {speed}: {taken['consensus.now']} signals through the consensus in the tick "
+                  f"step ({taken['consensus']} read by its agent, copies included), {taken['execution.approval_now']} "
+                  f"approvals executed in the consensus step ({taken['execution']} commands read by the engine)",
+                  flush=True)
             got = [(ts, ts - ev["ingest_ms"]) for ts, ev in
                    asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed")) if ev.get("ingest_ms")]
             lat = [ms for _, ms in got]
