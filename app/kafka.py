@@ -2,7 +2,8 @@
 created (``docs/architecture.md``, "A worker's first start"), and its consumer neither sits on a
 drained partition nor keeps asking for data when idle (:class:`WaitByFetchFetcher`), nor reads a
 partition it kept through a rebalance from anywhere but its committed offset
-(:class:`SeekBeforeResume`), and its producer is idempotent (:class:`_Producer`). A step that
+(:class:`SeekBeforeResume`), nor commits past a message not yet acknowledged
+(:class:`CommitBelowUnacked`), and its producer is idempotent (:class:`_Producer`). A step that
 runs another agent's processor itself on a record it produced (the consensus on a tick step's
 signal, the engine on an approval or a force-close) does so only once that agent has read what its
 input held before (:class:`InputOrder`).
@@ -21,6 +22,7 @@ input held before (:class:`InputOrder`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import sys
 import time
@@ -261,6 +263,55 @@ class InputOrder:
         pending.add_done_callback(done)
 
 
+class CommitBelowUnacked:
+    """Consumer mixin: the offset committed for a partition never passes a message delivered there
+    and not yet acknowledged.
+
+    Faust commits the first run of consecutive acknowledged offsets, refusing only when that run
+    starts more than one past the committed offset (``Consumer._new_offset``); the offset is the
+    next one to read, so a single unacknowledged message at the committed offset was committed
+    over, and with no commit yet on the partition the check is skipped altogether. Faust's own
+    agents acknowledge in order, which hides this. The tick stream does not: it holds the first
+    tick of each token's open bar unacknowledged until the bar closes (``streams.ticks``), and a
+    restart must replay from there to rebuild the bar. Here the acknowledged offsets at or past
+    the lowest unacknowledged delivered message of the partition sit out of the run Faust looks
+    at, and go back once it has picked its offset."""
+
+    _lowest_unacked: dict = {}
+
+    def _filter_committable_offsets(self, tps):
+        # one pass over the delivered, unacknowledged messages for every partition about to commit
+        lowest: dict = {}
+        committed = self._committed_offset
+        for m in list(self._unacked_messages):
+            # one delivered before the last seek (its partition revoked and given back), or one
+            # Faust counts as acknowledged, holds nothing back
+            if not m.acked:
+                tp, offset = m.tp, m.offset
+                floor = committed.get(tp)
+                if (floor is None or offset >= floor) and offset < lowest.get(tp, offset + 1):
+                    lowest[tp] = offset
+        self._lowest_unacked = lowest
+        try:
+            return super()._filter_committable_offsets(tps)
+        finally:
+            self._lowest_unacked = {}
+
+    def _new_offset(self, tp):
+        lowest = self._lowest_unacked.get(tp)
+        acked = self._acked[tp]
+        if lowest is None or not acked:
+            return super()._new_offset(tp)
+        acked.sort()
+        cut = bisect.bisect_left(acked, lowest)
+        later = acked[cut:]
+        del acked[cut:]
+        try:
+            return super()._new_offset(tp) if acked else None
+        finally:
+            acked.extend(later)
+
+
 class SeekBeforeResume:
     """Consumer mixin: during a rebalance, a stream partition is resumed only once it has been
     sought to its committed offset.
@@ -320,7 +371,7 @@ class SeekBeforeResume:
                 super().resume_partitions(held & ensure_TPset(self.assignment()))
 
 
-class _Consumer(SeekBeforeResume, faust_aiokafka.Consumer):
+class _Consumer(CommitBelowUnacked, SeekBeforeResume, faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked) -> None:
         self.app.input_order.reset()
         await super().on_partitions_revoked(revoked)

@@ -350,6 +350,85 @@ def test_a_kept_stream_partition_resumes_only_after_its_seek_to_the_committed_of
     assert calls == [("seek",)], "the recovery's seek, whenever it comes"
 
 
+def test_the_committed_offset_never_passes_an_unacked_message():
+    """Faust commits the first run of acked offsets when it starts one past the committed offset
+    (and always before a partition's first commit): a single unacked message there, the tick
+    stream's held first tick of an open bar, was committed over."""
+    from collections import defaultdict
+    from weakref import WeakSet
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from app.kafka import CommitBelowUnacked
+
+    tp = TP("run.price.ticks", 0)
+
+    class Faust:  # faust.transport.consumer.Consumer's commit bookkeeping, as it is
+        _new_offset = FaustConsumer._new_offset
+        _filter_committable_offsets = FaustConsumer._filter_committable_offsets
+        _should_commit = FaustConsumer._should_commit
+
+        def __init__(self):
+            self._gap, self._acked, self._acked_index = defaultdict(IntervalTree), defaultdict(list), defaultdict(set)
+            self._committed_offset = defaultdict(lambda: None)
+            self._unacked_messages = WeakSet()
+            self.messages = []
+
+        def deliver(self, *offsets):
+            for offset in offsets:
+                m = type("Message", (), {"tp": tp, "offset": offset, "acked": False})()
+                self.messages.append(m)
+                self._unacked_messages.add(m)
+
+        def ack(self, *offsets):  # as Consumer.ack
+            for m in self.messages:
+                if m.offset in offsets and not m.acked:
+                    m.acked = True
+                    self._unacked_messages.discard(m)
+                    self._acked_index[tp].add(m.offset)
+                    self._acked[tp].append(m.offset)
+
+        def commit(self):
+            offsets = self._filter_committable_offsets([tp])
+            self._committed_offset.update(offsets)
+            return offsets.get(tp)
+
+    class Fixed(CommitBelowUnacked, Faust):
+        pass
+
+    for consumer, skips in ((Faust(), True), (Fixed(), False)):
+        consumer._committed_offset[tp] = 100
+        consumer.deliver(*range(100, 106))
+        consumer.ack(*range(101, 106))  # 100, the first tick of an open bar, held
+        assert (consumer.commit() == 106) is skips
+    fixed = consumer
+    assert fixed.commit() is None and fixed._acked[tp] == list(range(101, 106)), "kept for later"
+    fixed.deliver(*range(106, 112))
+    fixed.ack(100, 106, 107, 109, 110, 111)  # the bar closed; 108 is the next bar's first tick
+    assert fixed.commit() == 108
+    assert fixed.commit() is None and fixed._acked[tp] == [109, 110, 111]
+    fixed.ack(108)
+    assert fixed.commit() == 112
+
+    # before a partition's first commit Faust checks nothing at all
+    for consumer, skips in ((Faust(), True), (Fixed(), False)):
+        consumer.deliver(0, 1, 2, 3)
+        consumer.ack(1, 2, 3)
+        assert (consumer.commit() == 4) is skips
+    consumer.ack(0)
+    assert consumer.commit() == 4
+
+    # a message from before the last seek (below the committed offset) holds nothing back
+    fixed = Fixed()
+    fixed.deliver(5)
+    fixed._committed_offset[tp] = 10
+    fixed.deliver(10, 11)
+    fixed.ack(10, 11)
+    assert fixed.commit() == 12
+
+
 def test_a_shortcut_waits_until_the_agent_has_read_what_its_partition_held_before():
     """After a rebalance a partition may hold records its agent has not read (another worker's
     signals, this worker's records sent the slow way): a step must not put a later record through
