@@ -32,6 +32,7 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
 from __future__ import annotations
 
 import argparse
+import bisect
 import asyncio
 import json
 import os
@@ -103,8 +104,8 @@ def stage_breakdown(worker, ticks: int, cpu_s: float) -> str:
     return f"worker CPU {cpu_s / ticks * 1e6:.0f} µs per tick; per event: " + ", ".join(parts)
 
 
-async def fills(topic: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
-    """Every trade.executed on the topic as (Kafka timestamp ms, event)."""
+async def fills(topic: str, idle_s: float = 5.0, event_type: str = "trade.executed") -> list[tuple[int, dict]]:
+    """Every ``event_type`` event on the topic as (Kafka timestamp ms, event)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -116,7 +117,7 @@ async def fills(topic: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
             for msgs in batch.values():
                 for msg in msgs:
                     ev = json.loads(msg.value)
-                    if ev.get("event_type") == "trade.executed":
+                    if ev.get("event_type") == event_type:
                         out.append((msg.timestamp, ev))
                         last = time.monotonic()
     finally:
@@ -297,13 +298,19 @@ def main() -> None:
                    asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed")) if ev.get("ingest_ms")]
             lat = [ms for _, ms in got]
             if lat:
+                # A fill's tick queued behind a burst waits for the burst however fast the step is:
+                # the ticks produced in the 250 ms up to its own are the queue it may have met.
+                offered = sorted(ev["ingest_ms"] for _, ev in asyncio.run(
+                    fills(stack.env["TOPIC_PREFIX"] + "price.ticks", 2.0, "price.tick")) if ev.get("ingest_ms"))
                 # where the tail sits in the run (seconds after the first fill) tells warm-up from bursts
                 slowest = sorted(got, key=lambda g: -g[1])[:5]
                 print(f"latency tick→trade.executed at --speed {speed} "
                       f"(~{N_SAMPLE / feed_s:,.0f} ticks/s offered incl. feed start-up): n={len(lat)} "
                       f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms; "
-                      "slowest (ms @ s after the first fill): "
-                      + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f}" for ts, ms in slowest), flush=True)
+                      "slowest (ms @ s after the first fill, ticks produced in the 250 ms up to its tick): "
+                      + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} "
+                                  f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)})"
+                                  for ts, ms in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
