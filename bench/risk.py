@@ -177,7 +177,8 @@ def main() -> None:
     if args.skip_worker:
         return
     tmp = Path(tempfile.mkdtemp(prefix="moondev-bench-risk-"))
-    stack = Stack(tmp, MAX_LEVERAGE="10")  # 5x must not halt anything here; only the buffer matters
+    # 5x must not halt anything here; only the buffer matters. Each cycle trades an account of its own.
+    stack = Stack(tmp, MAX_LEVERAGE="10", ACCOUNTS=json.dumps([f"bench-{i}" for i in range(args.cycles)]))
     w = stack.worker("w1").start()
     try:
         lat = asyncio.run(force_close_latency(stack.env["TOPIC_PREFIX"], args.rate, args.cycles))

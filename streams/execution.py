@@ -119,8 +119,12 @@ async def execute_now(command: OrderEvent | ConsensusDecision, account: str | No
     worker owns the account's partition and the engine has read what that partition of its input
     held before (:class:`app.kafka.InputOrder`); returns the events to emit after the command, or
     None when the command must take the normal path (the caller then sends it and hands the send
-    to :func:`noted_for_engine`)."""
+    to :func:`noted_for_engine`): also for an account outside ACCOUNT and ACCOUNTS, which the
+    engine's agent refuses, so that a worker that owns the account's partition does not trade one
+    that a worker without it would not."""
     account = getattr(command, "account", None) or account or settings.account
+    if account not in settings.known_accounts():
+        return None  # the engine's agent dead-letters it, as it does any command for such an account
     partition = _owned_partition(account)
     if partition is None or not app.input_order.ready(TP(REQUESTS_TOPIC, partition), TP(ORDERS_TOPIC, partition)):
         return None

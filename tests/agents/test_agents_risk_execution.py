@@ -253,3 +253,24 @@ async def test_a_message_whose_handling_raises_is_reported_and_the_stream_goes_o
     errors = [e for e in outputs["system"].of("agent.error") if e["agent"] == "ticks"]
     assert len(errors) == 1 and errors[0]["context"]["exception"] == "ZeroDivisionError"
     assert runtime.risk.mark_price("BTC") == 50_100.0  # the stream went on
+
+
+async def test_a_force_close_for_an_account_not_traded_here_is_left_to_the_engine_agent(monkeypatch):
+    """The engine's agent dead-letters a command for an account outside ACCOUNT and ACCOUNTS; the
+    tick step's shortcut must not execute one when its worker happens to own the partition."""
+    from streams import execution as execution_stream
+
+    ran = []
+
+    async def run(topic, partition, key, value, trace, coro_fn):
+        ran.append(key)
+        return []
+
+    monkeypatch.setattr(execution_stream, "_owned_partition", lambda account: 0)
+    monkeypatch.setattr(main.app.input_order, "ready", lambda *tps: True)
+    monkeypatch.setattr(execution_stream, "run_as_read", run)
+    fc = OrderEvent(event_id=new_event_id(), event_type="trade.force_close", timestamp=T0, token="BTC",
+                    source="risk", account="ghost", client_order_id="0x" + uuid.uuid4().hex, side="SELL",
+                    size=1.0, reduce_only=True)
+    assert await execution_stream.execute_now(fc) is None and ran == []
+    assert await execution_stream.execute_now(fc.model_copy(update={"account": "acct"})) == [] and ran == [b"acct"]

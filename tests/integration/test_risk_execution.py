@@ -46,7 +46,7 @@ def approval(token: str, price: float, ts: int, strategy: str | None = None) -> 
 def worker(tmp_path_factory, database_url):
     stack = Stack(tmp_path_factory.mktemp("risk"), database_url,
                   SIZING=json.dumps({"big": {"method": "fixed", "fraction": 5.0}}),
-                  MAX_POSITION_NOTIONAL_USD="1000000000", MAX_LEVERAGE="3")
+                  MAX_POSITION_NOTIONAL_USD="1000000000", MAX_LEVERAGE="3", ACCOUNTS=json.dumps(["acct-fc"]))
     w = stack.worker("w1").start()
     yield stack, w
     stack.stop()
