@@ -32,8 +32,8 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
 from __future__ import annotations
 
 import argparse
-import bisect
 import asyncio
+import bisect
 import json
 import os
 import statistics
@@ -104,7 +104,7 @@ def stage_breakdown(worker, ticks: int, cpu_s: float) -> str:
     return f"worker CPU {cpu_s / ticks * 1e6:.0f} µs per tick; per event: " + ", ".join(parts)
 
 
-async def fills(topic: str, idle_s: float = 5.0, event_type: str = "trade.executed") -> list[tuple[int, dict]]:
+async def events_of(topic: str, event_type: str, idle_s: float = 5.0) -> list[tuple[int, dict]]:
     """Every ``event_type`` event on the topic as (Kafka timestamp ms, event)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=BROKER, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
@@ -233,7 +233,7 @@ def main() -> None:
         cpu0, ticks0 = cpu_seconds(w.proc.pid), metric_sum([w], "moondev_ticks_consumed_total")
         t_first, t_ticks = whole_path([w], N_SAMPLE)
         cpu_s = cpu_seconds(w.proc.pid) - cpu0
-        done = asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed"))
+        done = asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed"))
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
         elapsed = max(t_ticks, t_last_fill) - t_first
         whole = N_SAMPLE / elapsed
@@ -295,13 +295,13 @@ def main() -> None:
                   f"approvals executed in the consensus step ({taken['execution']} commands read by the engine)",
                   flush=True)
             got = [(ts, ts - ev["ingest_ms"]) for ts, ev in
-                   asyncio.run(fills(stack.env["TOPIC_PREFIX"] + "trade.executed")) if ev.get("ingest_ms")]
+                   asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed")) if ev.get("ingest_ms")]
             lat = [ms for _, ms in got]
             if lat:
                 # A fill's tick queued behind a burst waits for the burst however fast the step is:
                 # the ticks produced in the 250 ms up to its own are the queue it may have met.
                 offered = sorted(ev["ingest_ms"] for _, ev in asyncio.run(
-                    fills(stack.env["TOPIC_PREFIX"] + "price.ticks", 2.0, "price.tick")) if ev.get("ingest_ms"))
+                    events_of(stack.env["TOPIC_PREFIX"] + "price.ticks", "price.tick", 2.0)) if ev.get("ingest_ms"))
                 # where the tail sits in the run (seconds after the first fill) tells warm-up from bursts
                 slowest = sorted(got, key=lambda g: -g[1])[:5]
                 print(f"latency tick→trade.executed at --speed {speed} "
