@@ -118,15 +118,21 @@ class Hub:
                 "recent": {k: self.recent_events(k) for k in LISTS},
                 "prices": {t: list(p) for t, p in self.prices.items()}, "server_ms": int(time.time() * 1000)}
 
-    def apply(self, kind: str, event: dict) -> None:
-        """Fold one event into the hub's state."""
+    def apply(self, kind: str, event: dict) -> bool:
+        """Fold one event into the hub's state. Returns whether it changed what a client shows: a
+        redelivered event (a producer's retry, a replay after a rebalance) or an account state
+        older than the one kept changes nothing, and is not pushed."""
         if kind == "state":
             account = event.get("account")
             if account:
                 prev = self.accounts.get(account)
                 if prev is None or event.get("timestamp", 0) >= prev.get("timestamp", 0):
+                    if prev == event:
+                        return False
                     _bounded_set(self.accounts, account, event, MAX_ACCOUNTS, lambda e: e.get("timestamp", 0),
                                  "dashboard_accounts")
+                    return True
+            return False
         elif kind == "price":
             token, price, ts = event.get("token"), event.get("price"), event.get("timestamp")
             if token and price and ts:
@@ -142,25 +148,26 @@ class Hub:
                 elif not series or sec > series[-1][0]:
                     series.append([sec, price])
                 self._price_dirty.setdefault(token, sec)
-        else:
-            if kind == "alert":
-                self._apply_halt(event)
-            self._remember(kind, event)
+                return True
+            return False
+        halt_changed = self._apply_halt(event) if kind == "alert" else False
+        return self._remember(kind, event) or halt_changed
 
-    def _remember(self, kind: str, event: dict) -> None:
+    def _remember(self, kind: str, event: dict) -> bool:
         """Keep the ``history`` latest events of a list by (event time, id), not by arrival: a
         hub reads the topic's partitions in an order of its own, and two replicas must show the
-        same latest events once both have read them all."""
+        same latest events once both have read them all. Returns whether the event was kept."""
         latest = self.recent[kind]
         key = (event.get("timestamp", 0), str(event.get("event_id")))
         if len(latest) >= self.history and key <= latest[0][0]:
-            return  # older than everything kept
+            return False  # older than everything kept
         i = bisect.bisect_left(latest, key, key=lambda item: item[0])
         if i < len(latest) and latest[i][0] == key:
-            return  # the same event again (a redelivery)
+            return False  # the same event again (a redelivery)
         latest.insert(i, (key, event))
         if len(latest) > self.history:
             del latest[0]
+        return True
 
     def _apply_prices(self, records: list, last_only: bool) -> None:
         """Fold in a fetched batch of one ``price.ticks`` partition: every valid tick, or with
@@ -180,13 +187,15 @@ class Hub:
                 done.add(record.key)
             self.apply("price", {"token": tick.token, "price": getattr(tick, "price", None), "timestamp": tick.timestamp})
 
-    def _apply_halt(self, event: dict) -> None:
+    def _apply_halt(self, event: dict) -> bool:
         # The same transition as the halt agent's, for display; the halt table stays the authority.
         account = event.get("account")
         if account:
             changed = halt_transition(self.halt.get(account) or {}, event)
             if changed is not None:
                 _bounded_set(self.halt, account, changed, MAX_ACCOUNTS, lambda h: h.get("since_ms") or 0)
+                return True
+        return False
 
     # ------------------------------------------------------------------ fan-out
     def broadcast(self, message: bytes, kind: str) -> int:
@@ -293,8 +302,7 @@ class Hub:
             except EventError:
                 continue
             event = orjson.loads(record.value)
-            self.apply(kind, event)
-            if live and self.clients:
+            if self.apply(kind, event) and live and self.clients:
                 message = {"type": kind, "event": event, "produced_ms": record.timestamp}
                 if kind == "alert":
                     message["halt"] = self.halt.get(event.get("account"))

@@ -297,6 +297,41 @@ def test_the_hubs_latest_events_do_not_depend_on_arrival_order():
     assert a.recent_events("signal") == b.recent_events("signal") == events[-100:]
 
 
+def test_the_hub_pushes_a_redelivered_event_or_an_older_account_state_to_no_client():
+    """A producer's retry or a replay after a rebalance puts an event on a topic twice; the page
+    adds every pushed row, so the hub pushes only what changed what it shows: the same signal
+    twice is one row, and an account state older than the one shown does not replace it."""
+    import collections
+    import uuid
+
+    from app.dashboard import Hub
+    from app.main import encode_event, settings
+    from models.events import SignalGenerated, StateEvent
+
+    Record = collections.namedtuple("Record", "topic key value timestamp")
+    now = 1_723_161_280_000
+    sig = SignalGenerated(event_id=uuid.uuid4(), timestamp=now, token="BTC", source="trading", action="BUY",
+                          score=70.0, confidence=0.8, agent="trading")
+
+    def state(ts: int, cash: float):
+        return StateEvent(event_id=uuid.uuid4(), event_type="state.changed", timestamp=ts, account="acct",
+                          source="portfolio", portfolio_value=cash, cash=cash, leverage_ratio=0.0)
+
+    hub = Hub(10)
+    hub.clients = {object(): None}
+    pushed: list = []
+    hub.broadcast = lambda message, kind: pushed.append((kind, message)) or 1
+    signals = [Record(settings.topic("signal.generated"), b"BTC", encode_event(sig), now)] * 2
+    hub._apply_events("signal", signals, live=True)
+    assert [k for k, _ in pushed] == ["signal"] and len(hub.recent_events("signal")) == 1
+
+    pushed.clear()
+    newer, older = state(now + 1000, 10_000.0), state(now, 9_000.0)
+    states = [Record(settings.topic("state.changes"), b"acct", encode_event(e), now) for e in (newer, newer, older)]
+    hub._apply_events("state", states, live=True)
+    assert len(pushed) == 1 and hub.accounts["acct"]["cash"] == 10_000.0
+
+
 def test_a_kept_stream_partition_resumes_only_after_its_seek_to_the_committed_offset():
     """Faust's recovery resumes stream partitions, then seeks them: records fetched in between
     from the position before the rebalance would reach the agents and come again after the seek."""
