@@ -2,7 +2,12 @@
 counts it; when it has seen BARE_N messages it prints ``BARE <n> <seconds from the first message
 to the last>`` and exits. Run by :mod:`bench.pipeline` as ``python bench/bare_faust.py worker``
 with BARE_TOPIC, BARE_N, BARE_BROKER (``kafka://…`` or ``confluent://…``), BARE_APP_ID and
-BARE_DATA_DIR in the environment."""
+BARE_DATA_DIR in the environment.
+
+With BARE_DELAYS set (a file path) it also notes each message's receive delay, the agent's wall
+clock (ms) minus the event's ``ingest_ms`` (when the feed produced it), and writes
+``{event_id: delay_ms}`` there before it exits; it prints ``BARE READY`` once it has its
+partitions, so a live feed can start after it."""
 
 from __future__ import annotations
 
@@ -18,17 +23,30 @@ app = faust.App(os.environ.get("BARE_APP_ID", "bare-faust"), broker=os.environ.g
                 key_serializer="raw", value_serializer="raw", consumer_auto_offset_reset="earliest")
 topic = app.topic(os.environ.get("BARE_TOPIC", "price.ticks"), key_type=bytes, value_type=bytes)
 N = int(os.environ.get("BARE_N", "1"))
+DELAYS = os.environ.get("BARE_DELAYS")
+
+
+@app.on_partitions_assigned.connect
+async def _ready(sender, assigned, **kwargs) -> None:
+    if assigned:
+        print("BARE READY", flush=True)
 
 
 @app.agent(topic)
 async def count(stream):
     n, t0 = 0, None
+    delays: dict[str, float] = {}
     async for value in stream:
-        json.loads(value)
+        event = json.loads(value)
+        if DELAYS and event.get("ingest_ms"):
+            delays[event["event_id"]] = time.time() * 1000.0 - event["ingest_ms"]
         if t0 is None:
             t0 = time.perf_counter()
         n += 1
         if n >= N:
+            if DELAYS:
+                with open(DELAYS, "w") as f:
+                    json.dump(delays, f)
             print(f"BARE {n} {time.perf_counter() - t0:.4f}", flush=True)
             sys.stdout.flush()
             os._exit(0)

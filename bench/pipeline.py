@@ -24,9 +24,13 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    2,050 ticks in one second, so 10× averages ~1,000 ticks/s with peaks far above); for every
    ``trade.executed``, latency = its Kafka message timestamp (producer wall clock) − ``ingest_ms``
    of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms
-   (goals: p99 < 50 ms at 1×, < 250 ms at 10×).
+   (goals: p99 < 50 ms at 1×, < 250 ms at 10×). Then, unless ``--no-bare-live``, the bare Faust
+   agent on a fresh topic fed the same way: how late it reads each tick (p50, p99, max), and
+   beside each of the slowest fills, how late it read that fill's own tick: the framework's
+   floor for that fill on this machine.
 
-    python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2] [--idle-seconds 20]
+    python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2] [--no-bare-live]
+                             [--idle-seconds 20]
 """
 
 from __future__ import annotations
@@ -189,6 +193,41 @@ def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float
     raise RuntimeError(f"bare Faust ({transport}) printed no result: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
 
 
+def bare_faust_live(speed: str, workdir: Path, timeout: float = 4000) -> dict[str, float]:
+    """The bare Faust agent (kafka://) on a fresh topic while the sample is fed at ``speed``, as
+    the worker was in the latency run: each tick's receive delay (ms, the agent's wall clock minus
+    the tick's ``ingest_ms``) by event id. The feed derives a tick's id from its trade, so the ids
+    are those of the worker's run."""
+    stack = Stack(workdir / f"bare-live-{speed}")
+    out = workdir / f"bare-live-{speed}.json"
+    try:
+        stack.declare_topics()
+        env = {**os.environ, "BARE_TOPIC": stack.env["TOPIC_PREFIX"] + "price.ticks", "BARE_N": str(N_SAMPLE),
+               "BARE_BROKER": f"kafka://{BROKER}", "BARE_APP_ID": f"bench-bare-live-{time.time_ns()}",
+               "BARE_DATA_DIR": str(workdir / f"bare-live-{speed}"), "BARE_DELAYS": str(out)}
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
+                                 "--without-web"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 90
+            for line in proc.stdout:  # the feed starts once the agent has its partitions
+                if "BARE READY" in line:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bare Faust agent got no partitions within 90 s")
+            else:
+                raise RuntimeError(f"the bare Faust agent exited with {proc.wait()} before it was ready")
+            stack.feed(SAMPLE, speed, timeout=timeout)
+            proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return json.loads(out.read_text())
+    finally:
+        stack.stop()
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -206,6 +245,8 @@ def main() -> None:
     ap.add_argument("--bar-seconds", default="1")
     ap.add_argument("--no-workers2", action="store_true", help="skip the two-worker run")
     ap.add_argument("--latency-only", action="store_true", help="only the latency runs")
+    ap.add_argument("--no-bare-live", action="store_true",
+                    help="skip the bare Faust agent's run at each latency speed (the ceiling of each fill)")
     ap.add_argument("--idle-seconds", type=float, default=20, help="how long to read the idle worker's CPU (0: not)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="moondev-bench-"))
@@ -294,9 +335,9 @@ def main() -> None:
                   f"step ({taken['consensus']} read by its agent, copies included), {taken['execution.approval_now']} "
                   f"approvals executed in the consensus step ({taken['execution']} commands read by the engine)",
                   flush=True)
-            got = [(ts, ts - ev["ingest_ms"]) for ts, ev in
+            got = [(ts, ts - ev["ingest_ms"], ev.get("correlation_id")) for ts, ev in
                    asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed")) if ev.get("ingest_ms")]
-            lat = [ms for _, ms in got]
+            lat = [ms for _, ms, _ in got]
             if lat:
                 # A fill's tick queued behind a burst waits for the burst however fast the step is:
                 # the ticks produced in the 250 ms up to its own are the queue it may have met.
@@ -310,11 +351,21 @@ def main() -> None:
                       "slowest (ms @ s after the first fill, ticks produced in the 250 ms up to its tick): "
                       + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} "
                                   f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)})"
-                                  for ts, ms in slowest), flush=True)
+                                  for ts, ms, _ in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
             stack.stop()
+        if lat and not args.no_bare_live:
+            # The ceiling for each fill: how late the bare Faust agent, doing nothing but decode,
+            # reads the very tick that fill came from when the sample is fed the same way.
+            delays = bare_faust_live(speed, tmp)
+            d = sorted(delays.values())
+            of_fills = [(ms, delays.get(cid)) for _, ms, cid in sorted(got, key=lambda g: -g[1])[:5]]
+            print(f"ceiling at --speed {speed}: the bare Faust agent reads ticks after p50={statistics.median(d):.1f} ms "
+                  f"p99={pct(d, 99):.1f} ms max={max(d):.1f} ms (n={len(d)}); the slowest fills' ticks "
+                  "(ms to the fill here / ms until the bare agent read the same tick): "
+                  + ", ".join(f"{ms:.0f} / {'?' if b is None else f'{b:.0f}'}" for ms, b in of_fills), flush=True)
 
 
 if __name__ == "__main__":
