@@ -103,9 +103,9 @@ class ExecutionConfig:
 
 class ExecutionState:
     """``execution_state``: account -> {"inflight": {fill id: fill}, "submitted": [client order
-    ids], "answered": [client order ids of approvals answered without an order], "outcomes":
-    {client order id: [encoded events]}} (written); ``portfolio``, ``halt``, ``latest_prices``
-    (read)."""
+    ids], "answered": [client order ids of commands answered without an order under that id],
+    "outcomes": {client order id: [encoded events]}} (written); ``portfolio``, ``halt``,
+    ``latest_prices`` (read)."""
 
     def __init__(self, execution_state: Store, portfolio: Mapping, halt: Mapping, latest_prices: Mapping):
         self.execution_state = execution_state
@@ -275,9 +275,9 @@ class ExecutionProcessor:
         return out
 
     def _answer(self, book: _Book, cloid: str, out: list) -> list:
-        """Remember that the approval of order id ``cloid`` was answered without an order (none
-        needed, or denied with the events ``out``), so a redelivery gets ``out`` again; returns
-        ``out``."""
+        """Remember that the command of order id ``cloid`` was answered without an order under
+        that id (none needed, denied with the events ``out``, or a close-all whose orders have ids
+        of their own, ``out`` their events), so a redelivery gets ``out`` again; returns ``out``."""
         st = book.state
         answered = st.setdefault("answered", [])
         answered.append(cloid)
@@ -438,11 +438,22 @@ class ExecutionProcessor:
 
     async def on_force_close(self, account: str, req: OrderEvent) -> list:
         """Close ``req.token``'s position (all positions when the request has no token) with
-        reduce-only market orders. Allowed while trading is halted."""
+        reduce-only market orders. Allowed while trading is halted.
+
+        Like an approval, a request is answered once: a token's request that found the position
+        flat or was denied is remembered under its client order id, and a close-all under its
+        own id with every event it answered with, so a redelivery gets the same answer. Answered
+        again against the account as it is by then, a close-all would close positions opened
+        after it was given. (A close-all an order of which the venue refused is not retried by a
+        redelivery: an operator gives a new one.)"""
         cfg = self.config
         book = _Book(account, self.state, cfg)
+        if book.seen(req.client_order_id):
+            self._count("duplicate")
+            return self._outcome(book, req.client_order_id)
         tokens = [req.token] if req.token else sorted(book.positions)
         out: list = []
+        no_order = False
         for token in tokens:
             position = book.position(token)
             common = dict(timestamp=req.timestamp, token=token, source="execution",
@@ -450,8 +461,9 @@ class ExecutionProcessor:
             side = "SELL" if position > 0 else "BUY"
             if abs(position) < 1e-12:
                 log.info("force-close of %s/%s: already flat", account, token)
+                no_order = True
                 continue
-            cloid = req.client_order_id if req.token and len(tokens) == 1 else force_close_id(
+            cloid = req.client_order_id if req.token else force_close_id(
                 account, token, int(book.positions[token].get("opened_ms", 0)), position)
             if book.seen(cloid):
                 self._count("duplicate")
@@ -468,8 +480,11 @@ class ExecutionProcessor:
             if violation is not None:
                 out += self._reject(common, cloid, side, size, price, violation.violation_type, violation.reason,
                                     violation.metrics, reduce_only=True)
+                no_order = True
                 continue
             out += await self._submit(book, Order(account, token, side, size, price, cloid, req.timestamp,
                                                   reduce_only=True),
                                       common, f"force-close: {req.reason or 'requested'}", decision_price=price)
+        if no_order or not req.token:  # a venue's refusal releases the id instead (a redelivery may retry)
+            self._answer(book, req.client_order_id, out)
         return out

@@ -253,6 +253,50 @@ async def test_a_redelivered_approval_gets_the_answer_it_had_even_after_the_posi
                                                               client_order_id("paper", denied.event_id)]
 
 
+async def test_a_redelivered_force_close_gets_the_answer_it_had_not_a_close_of_later_positions():
+    """A close-all is answered once, under its own id: redelivered after a new position opened
+    (a worker killed before its offset was committed), it sends its first answer again and closes
+    nothing opened after it. A token's force-close that found the position flat is remembered too."""
+    from models.events import OrderEvent
+
+    stores, ex, pf = engine_and_portfolio()
+
+    async def handle(e) -> list:
+        out = await ex.process(e, account="paper")
+        for f in out:
+            if f.event_type == "trade.executed":
+                pf.process(f)
+        return out
+
+    def buy(dt: int) -> ConsensusDecision:
+        return ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0 + dt,
+                                 token="BTC", source="consensus", consensus_score=85, contributing_agents=["a", "b"],
+                                 recommended_action="BUY", window_start=T0 + dt, window_end=T0 + dt + 5000,
+                                 price=50_000.0)
+
+    def close(dt: int, token: str | None, cloid: str) -> OrderEvent:
+        return OrderEvent(event_id=uuid.uuid4(), event_type="trade.force_close", timestamp=T0 + dt, account="paper",
+                          source="web.control", token=token, client_order_id=cloid, side="SELL", size=0.0,
+                          reduce_only=True)
+
+    def size() -> float:
+        return stores["portfolio"]["paper"]["positions"].get("BTC", {}).get("size", 0.0)
+
+    assert [e.event_type for e in await handle(buy(0))] == ["trade.placed", "trade.executed"]
+    close_all = close(10_000, None, "0xclose-all-1")
+    first = await handle(close_all)
+    assert [e.event_type for e in first] == ["trade.placed", "trade.executed"] and size() == 0.0
+    assert [e.event_type for e in await handle(buy(20_000))] == ["trade.placed", "trade.executed"]
+    reopened = size()
+    assert reopened > 0
+    assert await handle(close_all) == first, "redelivered, it answers as it did, ids included"
+    assert size() == reopened and stores["portfolio"]["paper"]["fills"] == 3
+
+    flat_eth = close(30_000, "ETH", "0xclose-eth-1")
+    assert await handle(flat_eth) == []
+    assert "0xclose-eth-1" in stores["execution_state"]["paper"]["answered"]
+
+
 async def test_portfolio_snapshots_on_event_time_carry_what_a_rebuild_needs():
     """The first fill and the first one SNAPSHOT_SECONDS of event time after the last snapshot are
     followed by a state.snapshot: the portfolio store's value, the submitted order ids, the halt
