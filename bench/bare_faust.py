@@ -6,7 +6,7 @@ BARE_DATA_DIR in the environment.
 
 With BARE_DELAYS set (a file path) it also notes each message's receive delay, the agent's wall
 clock (ms) minus the event's ``ingest_ms`` (when the feed produced it), and writes
-``{event_id: delay_ms}`` there before it exits; it prints ``BARE READY`` once it has its
+``{event_id: delay_ms}`` there before it exits; it prints ``BARE_READY`` once it has its
 partitions, so a live feed can start after it."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ DELAYS = os.environ.get("BARE_DELAYS")
 @app.on_partitions_assigned.connect
 async def _ready(sender, assigned, **kwargs) -> None:
     if assigned:
-        print("BARE READY", flush=True)
+        print("BARE_READY", flush=True)
 
 
 @app.agent(topic)

@@ -211,7 +211,7 @@ def bare_faust_live(speed: str, workdir: Path, timeout: float = 4000) -> dict[st
         try:
             deadline = time.monotonic() + 90
             for line in proc.stdout:  # the feed starts once the agent has its partitions
-                if "BARE READY" in line:
+                if "BARE_READY" in line:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("the bare Faust agent got no partitions within 90 s")
