@@ -9,8 +9,9 @@ on every tick. Revocation changes nothing: the state is in the stores.
 
 Snapshots: at an account's first fill ``snapshot_ms`` or more of event time after its last
 snapshot (``portfolio.snapshot_ms``), a ``state.snapshot`` follows the ``state.changed``, carrying
-the portfolio store's value, the execution engine's submitted client order ids (read from the
-``execution_state`` store) and the halt flag: the starting point of ``faust -A app rebuild``
+the portfolio store's value, the execution engine's submitted client order ids and the ids of
+the commands it answered without an order (read from the ``execution_state`` store) and the halt
+flag: the starting point of ``faust -A app rebuild``
 (:mod:`store.rebuild`), which applies the fills stored after it.
 """
 
@@ -136,9 +137,10 @@ class PortfolioProcessor:
 
     def snapshot(self, account: str, pf: dict) -> dict:
         """What a rebuild restores ``account`` from: the portfolio store's value, the execution
-        engine's submitted client order ids and the halt flag (JSON copies)."""
+        engine's submitted client order ids and the ids of the commands it answered without an
+        order, and the halt flag (JSON copies)."""
         import copy
 
         ex = self.execution_state.get(account) or {}
         return {"portfolio": copy.deepcopy(pf), "submitted": list(ex.get("submitted", ())),
-                "halt": copy.deepcopy(self.halt.get(account))}
+                "answered": list(ex.get("answered", ())), "halt": copy.deepcopy(self.halt.get(account))}

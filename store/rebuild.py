@@ -10,8 +10,13 @@ different tokens arrive in arrival order, not event-time order; looked for up to
 ``REORDER_LOOKBACK_MS`` before it); a fill without a stored ``state.changed`` counts when it is
 not in the snapshot's applied list and is stamped after it. The execution engine's submitted
 client order ids are the snapshot's plus those of these fills and of the ``trade.placed`` orders
-after it (the last ``submitted_memory``); the halt flag is the snapshot's, moved on by the ``risk.alert``
-and ``risk.ok`` events after it. The latest price of every token is its last stored tick.
+after it (the last ``submitted_memory``); the ids of the commands it answered without an order are
+the snapshot's plus those the pre-trade checks denied after it (each denial is stored as a
+``risk.constraint_violation``; looked for from ``REORDER_LOOKBACK_MS`` before it as well); an
+answer that needed no order leaves no event, so one given after the snapshot is not restored, and
+a redelivery of that command would be answered anew. The halt flag is the snapshot's, moved on by
+the ``risk.alert`` and ``risk.ok`` events after it. The latest price of every token is its last
+stored tick.
 
 :func:`write_changelogs` then produces the rebuilt values to the tables' changelog topics (key:
 the account or token, raw; value: JSON; partition: Kafka's default partitioner, as the agents'
@@ -118,7 +123,13 @@ async def _rebuild_account(conn, stores: dict, config: PortfolioConfig, account:
     for cloid in [f["client_order_id"] for f in fills] + placed:
         if cloid not in submitted:
             submitted.append(cloid)
-    stores["execution_state"][account] = {"inflight": {}, "submitted": submitted[-submitted_memory:]}
+    answered = list(snapshot.get("answered", ())) if snapshot else []
+    for e in await _events(conn, ["risk.constraint_violation"], lo, at_ms, account):
+        cloid = (e.get("metrics") or {}).get("client_order_id")
+        if cloid and cloid not in answered and cloid not in submitted:
+            answered.append(cloid)
+    stores["execution_state"][account] = {"inflight": {}, "submitted": submitted[-submitted_memory:],
+                                          "answered": answered[-submitted_memory:]}
     halts = HaltProcessor(halt)
     for e in await _events(conn, ["risk.alert", "risk.ok"], since + 1 if snapshot else 0, at_ms, account):
         halts.apply(RiskEvent.model_validate(e))

@@ -112,3 +112,50 @@ def test_rebuild_from_the_event_store_restores_portfolio_positions_and_dedupe(tm
         wait_until(lambda: w2.get("/health/").get("status") == "ok", 60, "the rebuilt worker healthy")
     finally:
         stack.stop()
+
+
+def test_a_rebuild_restores_the_commands_answered_without_an_order(fresh_database_url):
+    """The engine's ``answered`` ids come back from a rebuild: those in the last snapshot, and the
+    pre-trade denials stored after it, so a command redelivered after a rebuild is answered as it
+    was, not traded anew against the account as it is by then."""
+    import uuid
+
+    from app.main import encode_event
+    from models.events import ConsensusDecision
+    from processors.portfolio import PortfolioConfig
+    from store.eventstore import EventStore, Row
+    from store.rebuild import rebuild
+    from tests.processors.test_processors import T0, engine_and_portfolio
+
+    stores, ex, pf = engine_and_portfolio(snapshot_ms=60_000)
+
+    def approval(dt: int, action: str) -> ConsensusDecision:
+        return ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0 + dt,
+                                 token="BTC", source="consensus", consensus_score=85 if action == "BUY" else -85,
+                                 contributing_agents=["a", "b"], recommended_action=action, window_start=T0 + dt,
+                                 window_end=T0 + dt + 5000, price=50_000.0)
+
+    async def scenario() -> dict:
+        events = []
+        for dt, action in [(0, "BUY"), (10_000, "BUY"), (61_000, "SELL")]:  # the second: already long
+            out = await ex.process(approval(dt, action), account="paper")
+            events += out + [e for f in out if f.event_type == "trade.executed" for e in pf.process(f)]
+        stores["halt"]["paper"] = {"halted": True, "reason": "manual: test"}
+        denied = await ex.process(approval(70_000, "BUY"), account="paper")  # after the last snapshot
+        assert [e.event_type for e in denied] == ["risk.constraint_violation", "trade.rejected"]
+        events += denied
+        assert [e.event_type for e in events].count("state.snapshot") == 2
+        store = EventStore(fresh_database_url)
+        try:
+            await store.migrate()
+            await store.write([Row(e.event_id, e.event_type, e.timestamp, e.token, encode_event(e).decode(), e.source)
+                               for e in events])
+            return await rebuild(await store.pool(), PortfolioConfig(snapshot_ms=60_000), T0 + 3_600_000)
+        finally:
+            await store.close()
+
+    rebuilt = asyncio.run(scenario())
+    answered = stores["execution_state"]["paper"]["answered"]
+    assert len(answered) == 2, "one approval that needed no order, one denied"
+    assert rebuilt["execution_state"]["paper"]["answered"] == answered
+    assert rebuilt["execution_state"]["paper"]["submitted"] == stores["execution_state"]["paper"]["submitted"]
