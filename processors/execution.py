@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -66,6 +68,9 @@ from models.events import (ConsensusDecision, OrderEvent, RiskEvent, TradeExecut
 from processors.base import Store
 
 log = logging.getLogger(__name__)
+
+#: How many of the last force-close requests an engine remembers, to drop a second copy silently.
+RECENT_CLOSES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,12 @@ class ExecutionProcessor:
         #: stream) while the engine's own stream handles the same account
         self._accounts: dict[str, asyncio.Lock] = {}
         self._reconciled: set[str] = set()  # accounts whose venue positions were compared since start
+        #: ids of the last force-close requests answered since start: a worker's tick step runs
+        #: the engine on its own request and still sends it to ``orders``, where the engine reads
+        #: it again; that copy is dropped. One from before a restart is answered from the state
+        #: (its outcome sent again: the worker that answered it may have died before its events
+        #: reached Kafka).
+        self._closes: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     def _count(self, status: str) -> None:
         child = self._orders.get(status)
@@ -236,11 +247,15 @@ class ExecutionProcessor:
         force-close request; other order events (this processor's own) are ignored. Calls for
         the same account run one at a time."""
         if isinstance(event, OrderEvent):
-            if event.event_type != "trade.force_close":
+            if event.event_type != "trade.force_close" or event.event_id in self._closes:
                 return []
             async with self._lock_of(event.account):
-                return [*await self.reconcile(event.account, event.timestamp),
-                        *await self.on_force_close(event.account, event)]
+                out = [*await self.reconcile(event.account, event.timestamp),
+                       *await self.on_force_close(event.account, event)]
+                self._closes[event.event_id] = None
+                while len(self._closes) > RECENT_CLOSES:
+                    self._closes.popitem(last=False)
+                return out
         if isinstance(event, ConsensusDecision) and event.event_type == "trade.consensus_approved":
             account = account or self.config.account
             async with self._lock_of(account):

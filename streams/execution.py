@@ -11,7 +11,8 @@ engine's input, the caller runs the engine on the command at once instead of sen
 Kafka to come back. The engine's table writes go to the account's partition, exactly as if the
 command had been read from the engine's input. A force-close request is still sent to ``orders``
 (the log keeps the command, and a worker that does not own the account reads it there); when the
-engine reads it there its client order id is already submitted, so nothing happens twice. An
+engine reads it there it drops it (the processor remembers the requests it answered since start),
+and after a restart it finds the request answered and sends the same outcome again. An
 approval executed in the consensus step is not sent to ``execution.requests`` at all: the
 consensus window that decided it is stored only once the decision and the engine's events are in
 Kafka, so a worker killed before that decides again on the replayed signal, and the engine answers

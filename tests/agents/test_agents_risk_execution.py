@@ -63,12 +63,8 @@ async def test_critical_buffer_emits_risk_critical_and_one_force_close(outputs, 
     async with execution.test_context() as agent:
         await agent.put(value=encode_event(OrderEvent.model_validate(fc)), key=b"acct")
         await agent.put(value=encode_event(OrderEvent.model_validate(fc)), key=b"acct")  # duplicate
-    sent = outputs["trade.executed"].of("trade.executed")
-    closing = list({f["event_id"]: f for f in sent}.values())  # 450,000 USD walks two book levels
+    closing = outputs["trade.executed"].of("trade.executed")  # 450,000 USD walks two book levels
     assert sum(f["filled_amount"] for f in closing) == pytest.approx(10.0) and len(closing) == 2
-    # the duplicate placed no second order: it sent the first one's fills again, under their ids
-    # (the worker that placed it may have died before they reached Kafka)
-    assert len(sent) == 4 and sent[2:] == sent[:2]
     assert all(f["side"] == "SELL" and f["reduce_only"] for f in closing)
     assert closing[0]["fill_price"] == pytest.approx(45_000.0 * (1 - main.settings.slippage_bps / 1e4))
     async with portfolio_agent.test_context() as agent:

@@ -255,14 +255,17 @@ async def test_a_redelivered_approval_gets_the_answer_it_had_even_after_the_posi
 
 async def test_a_redelivered_force_close_gets_the_answer_it_had_not_a_close_of_later_positions():
     """A close-all is answered once, under its own id: redelivered after a new position opened
-    (a worker killed before its offset was committed), it sends its first answer again and closes
-    nothing opened after it. A token's force-close that found the position flat is remembered too."""
+    (a worker killed before its offset was committed, so a new engine over the same stores), it
+    sends its first answer again and closes nothing opened after it. A token's force-close that
+    found the position flat is remembered too. A second copy to the same engine (the tick step
+    ran it, then the engine read it back from ``orders``) is dropped."""
     from models.events import OrderEvent
 
     stores, ex, pf = engine_and_portfolio()
+    engines = [ex]
 
     async def handle(e) -> list:
-        out = await ex.process(e, account="paper")
+        out = await engines[-1].process(e, account="paper")
         for f in out:
             if f.event_type == "trade.executed":
                 pf.process(f)
@@ -289,6 +292,10 @@ async def test_a_redelivered_force_close_gets_the_answer_it_had_not_a_close_of_l
     assert [e.event_type for e in await handle(buy(20_000))] == ["trade.placed", "trade.executed"]
     reopened = size()
     assert reopened > 0
+    assert await handle(close_all) == [], "the same engine's second copy: dropped"
+    engines.append(ExecutionProcessor(ExecutionConfig(), ExecutionState(
+        stores["execution_state"], stores["portfolio"], stores["halt"], stores["latest_prices"]),
+        PaperExchange(slippage_bps=0.0)))  # a restarted worker
     assert await handle(close_all) == first, "redelivered, it answers as it did, ids included"
     assert size() == reopened and stores["portfolio"]["paper"]["fills"] == 3
 
