@@ -247,9 +247,12 @@ class ExecutionProcessor:
         force-close request; other order events (this processor's own) are ignored. Calls for
         the same account run one at a time."""
         if isinstance(event, OrderEvent):
-            if event.event_type != "trade.force_close" or event.event_id in self._closes:
+            if event.event_type != "trade.force_close":
                 return []
             async with self._lock_of(event.account):
+                # looked up under the lock: the copy may arrive while the tick step still runs it
+                if event.event_id in self._closes:
+                    return []
                 out = [*await self.reconcile(event.account, event.timestamp),
                        *await self.on_force_close(event.account, event)]
                 self._closes[event.event_id] = None
