@@ -92,6 +92,8 @@ class Stack:
             "APP_ID": f"moondev-{self.run_id}",
             "TOPIC_PREFIX": f"run-{self.run_id}.",
             "PYTHONUNBUFFERED": "1",
+            # its workers stop by themselves should this process be killed before it stops them
+            "EXIT_WITH_PID": str(os.getpid()),
         }
         if database_url:
             self.env["DATABASE_URL"] = database_url

@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import gc
 import logging
+import os
+import signal
 import ssl
 import time
 import weakref
@@ -253,6 +255,23 @@ async def _unfreeze_on_revoke(sender, revoked, **kwargs) -> None:
     # first assignment): no database to close, and the imports stay frozen.
     if revoked:
         gc.unfreeze()
+
+
+@app.task
+async def _exit_with_starter() -> None:
+    # A worker started by a test or a benchmark (app.local.Stack) runs in a session of its own, so
+    # that a stop signal reaches its sink child too; then nothing ends it when the process that
+    # started it is killed outright (kill -9, a CI timeout), and it goes on holding its partitions,
+    # a port and a core, skewing the next run's figures. Polling the parent is what works here:
+    # PR_SET_PDEATHSIG fires when the starting *thread* exits, and the benchmark starts workers
+    # from short-lived threads.
+    pid = settings.exit_with_pid
+    if pid is None:
+        return
+    while os.getppid() == pid:
+        await asyncio.sleep(1.0)
+    log.warning("the process that started this worker (pid %s) has ended: stopping", pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @app.task

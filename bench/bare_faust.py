@@ -7,7 +7,8 @@ BARE_DATA_DIR in the environment.
 With BARE_DELAYS set (a file path) it also notes each message's receive delay, the agent's wall
 clock (ms) minus the event's ``ingest_ms`` (when the feed produced it), and writes
 ``{event_id: delay_ms}`` there before it exits; it prints ``BARE_READY`` once it has its
-partitions, so a live feed can start after it."""
+partitions, so a live feed can start after it. With BARE_PARENT_PID it exits once that process
+(the benchmark that started it) has ended."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ app = faust.App(os.environ.get("BARE_APP_ID", "bare-faust"), broker=os.environ.g
 topic = app.topic(os.environ.get("BARE_TOPIC", "price.ticks"), key_type=bytes, value_type=bytes)
 N = int(os.environ.get("BARE_N", "1"))
 DELAYS = os.environ.get("BARE_DELAYS")
+PARENT = int(os.environ.get("BARE_PARENT_PID", "0"))
+
+
+@app.timer(1.0)
+async def _exit_with_parent() -> None:
+    # a benchmark killed outright must not leave this one behind, holding a core
+    if PARENT and os.getppid() != PARENT:
+        os._exit(1)
 
 
 @app.on_partitions_assigned.connect

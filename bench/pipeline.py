@@ -181,7 +181,8 @@ def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float
         except ImportError:
             return None
     env = {**os.environ, "BARE_TOPIC": topic, "BARE_N": str(n), "BARE_BROKER": f"{transport}://{BROKER}",
-           "BARE_APP_ID": f"bench-bare-{transport}-{time.time_ns()}", "BARE_DATA_DIR": str(workdir / f"bare-{transport}")}
+           "BARE_APP_ID": f"bench-bare-{transport}-{time.time_ns()}", "BARE_DATA_DIR": str(workdir / f"bare-{transport}"),
+           "BARE_PARENT_PID": str(os.getpid())}
     try:
         proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
                                "--without-web"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -204,7 +205,8 @@ def bare_faust_live(speed: str, workdir: Path, timeout: float = 4000) -> dict[st
         stack.declare_topics()
         env = {**os.environ, "BARE_TOPIC": stack.env["TOPIC_PREFIX"] + "price.ticks", "BARE_N": str(N_SAMPLE),
                "BARE_BROKER": f"kafka://{BROKER}", "BARE_APP_ID": f"bench-bare-live-{time.time_ns()}",
-               "BARE_DATA_DIR": str(workdir / f"bare-live-{speed}"), "BARE_DELAYS": str(out)}
+               "BARE_DATA_DIR": str(workdir / f"bare-live-{speed}"), "BARE_DELAYS": str(out),
+               "BARE_PARENT_PID": str(os.getpid())}
         proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
                                  "--without-web"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     #: Address the web server listens on (WEB_HOST when unset); 0.0.0.0 in containers.
     web_bind: str | None = None
     web_port: int = Field(6066, ge=1, le=65535)
+    #: Process id of the process that started this worker (a test run, a benchmark, a
+    #: supervisor): once that process has ended (the worker's parent is no longer it), the worker
+    #: stops as on SIGTERM, within about a second. Unset: the worker runs until it is stopped.
+    exit_with_pid: int | None = Field(None, ge=1)
     #: Kafka SASL/SSL for real deployments: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"

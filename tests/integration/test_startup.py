@@ -133,3 +133,53 @@ def test_a_worker_behind_on_its_input_sends_agent_lagging(tmp_path, database_url
         assert len(per_partition) == len(set(per_partition)), "at most one a minute per partition"
     finally:
         stack.stop()
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_stops_by_itself_when_the_process_that_started_it_is_killed(tmp_path):
+    """A test or benchmark killed outright (kill -9) cannot stop its workers, which run in sessions
+    of their own: each stops by itself within seconds (EXIT_WITH_PID, set by ``Stack``), its
+    event-store sink with it, instead of holding its partitions, its port and a core."""
+    import signal
+    import subprocess
+    import sys
+
+    starter = subprocess.Popen([sys.executable, "-c", f"""
+import json, time
+from pathlib import Path
+from app.local import Stack
+stack = Stack(Path({str(tmp_path)!r}))
+w = stack.worker().start()
+print(json.dumps({{"pid": w.proc.pid, "prefix": stack.env["TOPIC_PREFIX"], "app_id": stack.env["APP_ID"]}}), flush=True)
+time.sleep(600)
+"""], cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    started = None
+    try:
+        started = json.loads(starter.stdout.readline())
+        worker = started["pid"]
+        children = [int(c) for t in os.listdir(f"/proc/{worker}/task")
+                    for c in Path(f"/proc/{worker}/task/{t}/children").read_text().split()]
+        assert children, "the worker's event-store sink process is running"
+        assert not _ended(worker)
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(10)
+        wait_until(lambda: _ended(worker), 60, "the worker to stop after its starter was killed")
+        wait_until(lambda: all(_ended(c) for c in children), 15, "the worker's sink to stop with it")
+        log = (tmp_path / "w1.log").read_text()
+        assert f"the process that started this worker (pid {starter.pid}) has ended: stopping" in log
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        if started:
+            if not _ended(started["pid"]):
+                os.kill(started["pid"], signal.SIGKILL)
+            cleanup = Stack(tmp_path / "cleanup")
+            cleanup.env.update(TOPIC_PREFIX=started["prefix"], APP_ID=started["app_id"])
+            cleanup.delete_topics()
