@@ -8,7 +8,6 @@ metadata on the wire, so producers in any language can write these topics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import gc
 import logging
@@ -168,22 +167,34 @@ async def emit(event: Envelope, topic_name: str | None = None, wait: bool = Fals
     return pending
 
 
-@contextlib.asynccontextmanager
-async def holding(stores):
-    """One handler step whose state changes wait for its events: yields a list for what
-    :func:`emit` returns; on leaving, waits until the broker has acknowledged those events, then
-    writes the step's held changes (``stores``: :class:`processors.base.WriteBehind`), inside the
-    event being handled. A worker killed before the writes replays the step and sends the same
-    events again; one killed after them has its events in Kafka. A step that raised, or whose send
-    failed, still has its writes made (in its own partition) and the error raised, as before."""
-    pending: list = []
-    try:
-        yield pending
-        if pending and any(store.pending for store in stores):
-            await asyncio.gather(*[p for p in pending if p is not None])
-    finally:
-        for store in stores:
-            store.flush()
+class holding:
+    """``async with holding(stores) as pending:`` around one handler step whose state changes wait
+    for its events: ``pending`` is a list for what :func:`emit` returns; on leaving, waits until
+    the broker has acknowledged those events, then writes the step's held changes (``stores``:
+    :class:`processors.base.WriteBehind`), inside the event being handled. A worker killed before
+    the writes replays the step and sends the same events again; one killed after them has its
+    events in Kafka. A step that raised, or whose send failed, still has its writes made (in its
+    own partition) and the error raised, as before. A class rather than a generator-based context
+    manager: it wraps every tick, and costs half as much."""
+
+    __slots__ = ("stores", "pending")
+
+    def __init__(self, stores) -> None:
+        self.stores = stores
+        self.pending: list = []
+
+    async def __aenter__(self) -> list:
+        return self.pending
+
+    async def __aexit__(self, typ, exc, tb) -> bool:
+        try:
+            pending = self.pending
+            if typ is None and pending and any(store.pending for store in self.stores):
+                await asyncio.gather(*[p for p in pending if p is not None])
+        finally:
+            for store in self.stores:
+                store.flush()
+        return False
 
 
 def owned_partition(topic: str, key: bytes) -> int | None:
