@@ -7,7 +7,8 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
 1. **Ceilings** on that topic, each a fresh consumer group, messages/s from the first message to
    the last: a raw aiokafka consumer decoding JSON; a raw confluent-kafka (librdkafka) consumer
    decoding JSON; the bare Faust agent (:mod:`bench.bare_faust`: one agent that decodes and counts)
-   on Faust's aiokafka transport and on its ``confluent://`` transport.
+   on Faust's aiokafka transport and on its ``confluent://`` transport, on the worker's event loop
+   (uvloop, or FAUST_LOOP).
 2. **Whole path, one worker**: a worker started on the pre-loaded topic runs every stage (bars,
    indicators, signals, risk, consensus, execution, portfolio, event-store sink). ticks/s = ticks /
    (from the first tick the tick stream consumed until the last tick is consumed and stored and the
@@ -57,6 +58,9 @@ from core.settings import get_settings  # noqa: E402
 
 N_SAMPLE = 35389
 BROKER = get_settings().kafka_broker.split("://", 1)[-1]
+#: The event loop the worker runs on (app.main: uvloop unless FAUST_LOOP says otherwise), given to
+#: the bare Faust agent too, so that the ceiling runs on the same one.
+LOOP = os.environ.get("FAUST_LOOP") or "uvloop"
 
 
 class _Skip(Exception):
@@ -182,7 +186,7 @@ def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float
             return None
     env = {**os.environ, "BARE_TOPIC": topic, "BARE_N": str(n), "BARE_BROKER": f"{transport}://{BROKER}",
            "BARE_APP_ID": f"bench-bare-{transport}-{time.time_ns()}", "BARE_DATA_DIR": str(workdir / f"bare-{transport}"),
-           "BARE_PARENT_PID": str(os.getpid())}
+           "BARE_PARENT_PID": str(os.getpid()), "FAUST_LOOP": LOOP}
     try:
         proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
                                "--without-web"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -206,7 +210,7 @@ def bare_faust_live(speed: str, workdir: Path, timeout: float = 4000) -> dict[st
         env = {**os.environ, "BARE_TOPIC": stack.env["TOPIC_PREFIX"] + "price.ticks", "BARE_N": str(N_SAMPLE),
                "BARE_BROKER": f"kafka://{BROKER}", "BARE_APP_ID": f"bench-bare-live-{time.time_ns()}",
                "BARE_DATA_DIR": str(workdir / f"bare-live-{speed}"), "BARE_DELAYS": str(out),
-               "BARE_PARENT_PID": str(os.getpid())}
+               "BARE_PARENT_PID": str(os.getpid()), "FAUST_LOOP": LOOP}
         proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_faust.py"), "worker", "-l", "warn",
                                  "--without-web"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -266,8 +270,8 @@ def main() -> None:
         ceil = {
             "raw aiokafka consumer + JSON decode": asyncio.run(raw_aiokafka(topic, N_SAMPLE)),
             "raw confluent-kafka consumer + JSON decode": raw_confluent(topic, N_SAMPLE),
-            "bare Faust agent, aiokafka transport (kafka://)": bare_faust(topic, N_SAMPLE, "kafka", tmp),
-            "bare Faust agent, confluent transport (confluent://)": bare_faust(topic, N_SAMPLE, "confluent", tmp),
+            f"bare Faust agent, aiokafka transport (kafka://, {LOOP})": bare_faust(topic, N_SAMPLE, "kafka", tmp),
+            f"bare Faust agent, confluent transport (confluent://, {LOOP})": bare_faust(topic, N_SAMPLE, "confluent", tmp),
         }
         for name, secs in ceil.items():
             print(f"ceiling: {name}: {rate(N_SAMPLE, secs)}", flush=True)
@@ -280,7 +284,7 @@ def main() -> None:
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
         elapsed = max(t_ticks, t_last_fill) - t_first
         whole = N_SAMPLE / elapsed
-        bare = N_SAMPLE / ceil["bare Faust agent, aiokafka transport (kafka://)"]
+        bare = N_SAMPLE / ceil[f"bare Faust agent, aiokafka transport (kafka://, {LOOP})"]
         print(f"whole path, one worker: {N_SAMPLE} ticks in {elapsed:.2f} s = {whole:,.0f} ticks/s "
               f"({len(done)} fills) = {whole / bare:.0%} of the bare Faust agent (goal >= 70 %)", flush=True)
         print(f"whole path, one worker: {stage_breakdown(w, int(N_SAMPLE - ticks0), cpu_s)}", flush=True)
