@@ -4,6 +4,10 @@ to the last>`` and exits. Run by :mod:`bench.pipeline` as ``python bench/bare_fa
 with BARE_TOPIC, BARE_N, BARE_BROKER (``kafka://…`` or ``confluent://…``), BARE_APP_ID and
 BARE_DATA_DIR in the environment.
 
+Its result line also gives the CPU seconds its main thread (the event loop: Faust's dispatch,
+the agent) and its other threads (aiokafka's consumer thread) used between the first message and
+the last: ``BARE <n> <seconds> <main thread CPU-s> <other threads' CPU-s>``.
+
 With BARE_DELAYS set (a file path) it also notes each message's receive delay, the agent's wall
 clock (ms) minus the event's ``ingest_ms`` (when the feed produced it), and writes
 ``{event_id: delay_ms}`` there before it exits; it prints ``BARE_READY`` once it has its
@@ -41,22 +45,35 @@ async def _ready(sender, assigned, **kwargs) -> None:
         print("BARE_READY", flush=True)
 
 
+def cpu_split() -> tuple[float, float]:
+    """(main thread, whole process) user + system CPU seconds, from ``/proc/self``."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: str) -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return stat(f"/proc/self/task/{os.getpid()}/stat"), stat("/proc/self/stat")
+
+
 @app.agent(topic)
 async def count(stream):
-    n, t0 = 0, None
+    n, t0, cpu0 = 0, None, (0.0, 0.0)
     delays: dict[str, float] = {}
     async for value in stream:
         event = json.loads(value)
         if DELAYS and event.get("ingest_ms"):
             delays[event["event_id"]] = time.time() * 1000.0 - event["ingest_ms"]
         if t0 is None:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_split()
         n += 1
         if n >= N:
             if DELAYS:
                 with open(DELAYS, "w") as f:
                     json.dump(delays, f)
-            print(f"BARE {n} {time.perf_counter() - t0:.4f}", flush=True)
+            main, total = (b - a for a, b in zip(cpu0, cpu_split()))
+            print(f"BARE {n} {time.perf_counter() - t0:.4f} {main:.2f} {total - main:.2f}", flush=True)
             sys.stdout.flush()
             os._exit(0)
 

@@ -16,8 +16,12 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    the worker's time went: its process CPU per tick (``/proc``) beside the mean time per event of
    each stage (``moondev_processing_seconds``: the whole tick step, and inside it the trading,
    risk and flow processors); what is left of the CPU per tick is Faust, aiokafka and the
-   worker's other tasks. Then the same worker's CPU while idle (the sample done, nothing coming)
-   over ``--idle-seconds``: what a worker costs between bursts.
+   worker's other tasks. Then each run's CPU split between its main thread (the event loop, where
+   Faust dispatches and the agents run) and its other threads (the consumer's), per message, with
+   the share of the run the main thread was busy: a main thread busy nearly all the time is bound
+   by its own work, one often idle waited for its consumer thread's fetches. Then the same
+   worker's CPU while idle (the sample done, nothing coming) over ``--idle-seconds``: what a
+   worker costs between bursts.
 3. **Whole path, two workers** (``--workers2``): the same with two workers (each with its own web
    port and data folder) started together on the same topics; ticks/s over both.
 4. **Latency**, live feed: with a worker running, the sample is fed at each of ``--speeds`` (a
@@ -25,10 +29,12 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    2,050 ticks in one second, so 10× averages ~1,000 ticks/s with peaks far above); for every
    ``trade.executed``, latency = its Kafka message timestamp (producer wall clock) − ``ingest_ms``
    of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms
-   (goals: p99 < 50 ms at 1×, < 250 ms at 10×). Then, unless ``--no-bare-live``, the bare Faust
-   agent on a fresh topic fed the same way: how late it reads each tick (p50, p99, max), and
-   beside each of the slowest fills, how late it read that fill's own tick: the framework's
-   floor for that fill on this machine.
+   (goals: p99 < 50 ms at 1×, < 250 ms at 10×); beside each of the slowest fills, the ticks
+   produced in the 250 ms up to its tick and the time from its tick to the first signal sent from
+   it (the tick step sends a tick's signals, so that is the wait before the step plus the step).
+   Then, unless ``--no-bare-live``, the bare Faust agent on a fresh topic fed the same way: how
+   late it reads each tick (p50, p99, max), and beside each of the slowest fills, how late it read
+   that fill's own tick: the framework's floor for that fill on this machine.
 
     python bench/pipeline.py [--speeds 1,10] [--bar-seconds 1] [--no-workers2] [--no-bare-live]
                              [--idle-seconds 20]
@@ -39,7 +45,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import collections
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -77,9 +85,10 @@ def metric_sum(workers, name: str) -> float:
     return total
 
 
-def whole_path(workers, n: int, timeout: float = 900) -> tuple[float, float]:
+def whole_path(workers, n: int, timeout: float = 900, on_consumed=None) -> tuple[float, float]:
     """(wall time of the first tick consumed, of the last tick consumed and stored) over ``workers``
-    already starting; polled every 20 ms."""
+    already starting; polled every 20 ms (100 ms once ticks flow). ``on_consumed()`` is called once,
+    when the poll first sees all ``n`` ticks consumed."""
     deadline = time.monotonic() + timeout
     t_first = None
     while time.monotonic() < deadline:
@@ -87,6 +96,9 @@ def whole_path(workers, n: int, timeout: float = 900) -> tuple[float, float]:
         if t_first is None and ticks > 0:
             t_first = time.time()
         if t_first is not None and ticks >= n:
+            if on_consumed is not None:
+                on_consumed()
+                on_consumed = None
             if metric_sum(workers, 'moondev_sink_rows_total{topic="price.ticks"}') >= n:
                 return t_first, time.time()
         time.sleep(0.02 if t_first is None else 0.1)
@@ -98,6 +110,19 @@ def cpu_seconds(pid: int) -> float:
     not its children: the event-store sink is a process of its own)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process's main thread (its event loop, in a Faust worker),
+    from ``/proc/PID/task/PID/stat``."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_split(n: int, seconds: float, main_s: float, total_s: float) -> str:
+    """A run's main-thread CPU per message and share of the run's wall time, and the rest's."""
+    return (f"main thread {main_s / n * 1e6:.0f} µs of CPU per message, busy {main_s / seconds:.0%} of the "
+            f"{seconds:.2f} s; other threads {(total_s - main_s) / n * 1e6:.0f} µs per message")
 
 
 def stage_breakdown(worker, ticks: int, cpu_s: float) -> str:
@@ -176,9 +201,12 @@ def raw_confluent(topic: str, n: int) -> float | None:
         c.close()
 
 
-def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float = 90) -> float | str | None:
+def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float = 90,
+               cpu: dict | None = None) -> float | str | None:
     """Seconds from the first to the n-th message in the bare Faust agent (a subprocess); None when
-    the transport's client is not installed, a reason when it consumed nothing within ``timeout``."""
+    the transport's client is not installed, a reason when it consumed nothing within ``timeout``.
+    ``cpu``, when given, gets the CPU seconds of the agent's main thread and of its whole process
+    over those messages (keys ``main``, ``total``)."""
     if transport == "confluent":
         try:
             import confluent_kafka  # noqa: F401
@@ -194,7 +222,10 @@ def bare_faust(topic: str, n: int, transport: str, workdir: Path, timeout: float
         return f"did not get through the {n} messages within {timeout:.0f} s"
     for line in (proc.stdout + proc.stderr).splitlines():  # Faust's worker logs what its agents print
         if "BARE " in line:
-            return float(line.split("BARE ", 1)[1].split()[1])
+            _, seconds, main_s, other_s = line.split("BARE ", 1)[1].split()[:4]
+            if cpu is not None:
+                cpu.update(main=float(main_s), total=float(main_s) + float(other_s))
+            return float(seconds)
     raise RuntimeError(f"bare Faust ({transport}) printed no result: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
 
 
@@ -267,10 +298,12 @@ def main() -> None:
         stack.declare_topics()
         stack.feed(SAMPLE, "max")
         topic = stack.env["TOPIC_PREFIX"] + "price.ticks"
+        bare_cpu: dict = {}
         ceil = {
             "raw aiokafka consumer + JSON decode": asyncio.run(raw_aiokafka(topic, N_SAMPLE)),
             "raw confluent-kafka consumer + JSON decode": raw_confluent(topic, N_SAMPLE),
-            f"bare Faust agent, aiokafka transport (kafka://, {LOOP})": bare_faust(topic, N_SAMPLE, "kafka", tmp),
+            f"bare Faust agent, aiokafka transport (kafka://, {LOOP})": bare_faust(topic, N_SAMPLE, "kafka", tmp,
+                                                                                   cpu=bare_cpu),
             f"bare Faust agent, confluent transport (confluent://, {LOOP})": bare_faust(topic, N_SAMPLE, "confluent", tmp),
         }
         for name, secs in ceil.items():
@@ -278,7 +311,10 @@ def main() -> None:
         w = stack.worker()
         w.start()
         cpu0, ticks0 = cpu_seconds(w.proc.pid), metric_sum([w], "moondev_ticks_consumed_total")
-        t_first, t_ticks = whole_path([w], N_SAMPLE)
+        split0 = (time.monotonic(), main_thread_cpu_seconds(w.proc.pid), cpu0)
+        split: list = []  # the same when the last tick has been consumed (the sink may still be storing)
+        t_first, t_ticks = whole_path([w], N_SAMPLE, on_consumed=lambda: split.extend(
+            (time.monotonic(), main_thread_cpu_seconds(w.proc.pid), cpu_seconds(w.proc.pid))))
         cpu_s = cpu_seconds(w.proc.pid) - cpu0
         done = asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed"))
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
@@ -288,6 +324,16 @@ def main() -> None:
         print(f"whole path, one worker: {N_SAMPLE} ticks in {elapsed:.2f} s = {whole:,.0f} ticks/s "
               f"({len(done)} fills) = {whole / bare:.0%} of the bare Faust agent (goal >= 70 %)", flush=True)
         print(f"whole path, one worker: {stage_breakdown(w, int(N_SAMPLE - ticks0), cpu_s)}", flush=True)
+        # Beside the rates, where each was bounded: a main thread busy all the time is bound by its
+        # own work; one idle part of the time waited for its consumer thread's fetches.
+        bare_s = ceil[f"bare Faust agent, aiokafka transport (kafka://, {LOOP})"]
+        if bare_cpu and isinstance(bare_s, float):
+            print(f"CPU split, bare Faust agent: {thread_split(N_SAMPLE, bare_s, bare_cpu['main'], bare_cpu['total'])}",
+                  flush=True)
+        if split:
+            wall, main_s, total_s = (b - a for a, b in zip(split0, split))
+            print(f"CPU split, whole path, one worker: {thread_split(int(N_SAMPLE - ticks0), wall, main_s, total_s)}",
+                  flush=True)
         if args.idle_seconds > 0:
             cpu0, t0 = cpu_seconds(w.proc.pid), time.monotonic()
             time.sleep(args.idle_seconds)
@@ -349,15 +395,25 @@ def main() -> None:
                 # the ticks produced in the 250 ms up to its own are the queue it may have met.
                 offered = sorted(ev["ingest_ms"] for _, ev in asyncio.run(
                     events_of(stack.env["TOPIC_PREFIX"] + "price.ticks", "price.tick", 2.0)) if ev.get("ingest_ms"))
+                # The tick step sends the signals of the tick it is on, so the first signal sent from a
+                # fill's tick tells the wait before the step (the queue) from what came after it.
+                signal_ms: dict[str, float] = {}
+                for ts, ev in asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "signal.generated",
+                                                    "signal.generated", 2.0)):
+                    if ev.get("ingest_ms") and ev.get("correlation_id"):
+                        ms = ts - ev["ingest_ms"]
+                        signal_ms[ev["correlation_id"]] = min(ms, signal_ms.get(ev["correlation_id"], ms))
+                signal_ms = collections.defaultdict(lambda: math.nan, signal_ms)
                 # where the tail sits in the run (seconds after the first fill) tells warm-up from bursts
                 slowest = sorted(got, key=lambda g: -g[1])[:5]
                 print(f"latency tick→trade.executed at --speed {speed} "
                       f"(~{N_SAMPLE / feed_s:,.0f} ticks/s offered incl. feed start-up): n={len(lat)} "
                       f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms; "
-                      "slowest (ms @ s after the first fill, ticks produced in the 250 ms up to its tick): "
+                      "slowest (ms @ s after the first fill (ticks produced in the 250 ms up to its tick; ms from "
+                      "the tick to the first signal sent from it)): "
                       + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} "
-                                  f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)})"
-                                  for ts, ms, _ in slowest), flush=True)
+                                  f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)}; "
+                                  f"{signal_ms[cid]:.0f} ms)" for ts, ms, cid in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
