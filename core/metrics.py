@@ -115,6 +115,46 @@ CONSUMER_LAG = Gauge("moondev_consumer_lag", "Messages behind the partition's hi
                      ["topic", "partition"], registry=REGISTRY)
 
 
+class EventLoopCPU:
+    """``moondev_event_loop_cpu_seconds_total``: CPU seconds (user + system) used by the process's
+    main thread, which in a worker runs the event loop: Faust's dispatch of every message, every
+    agent and the web views. Its ``rate()`` is the share of one core that thread keeps busy: near
+    1, the worker is at its own ceiling however many partitions it has, and only another replica on
+    another core adds throughput (aiokafka's consumer thread and the event-store sink are not
+    counted). Read at scrape time from the thread's CPU clock (``pthread_getcpuclockid``); not
+    exported where the platform has none."""
+
+    name = "moondev_event_loop_cpu_seconds"
+    documentation = ("CPU seconds used by the worker's main thread (its event loop: Faust's dispatch and every "
+                     "agent); a rate near 1 means the worker is bound by that one core")
+
+    def __init__(self, registry=REGISTRY):
+        import threading
+
+        self._thread = threading.main_thread()
+        registry.register(self)
+
+    def seconds(self) -> float | None:
+        """The main thread's CPU seconds so far, or None where thread CPU clocks are unavailable."""
+        import time
+
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
+        except (AttributeError, OSError):
+            return None
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        value = self.seconds()
+        if value is not None:
+            yield CounterMetricFamily(self.name, self.documentation, value=value)
+
+
+EVENT_LOOP_CPU = EventLoopCPU()
+
+
 BOUNDS_HIT = Counter("moondev_bounds_hit_total", "Times a bounded map, memory or label set was full and dropped or "
                      "folded an entry, or a wait was capped, by bound", ["bound"], registry=REGISTRY)
 

@@ -140,6 +140,42 @@ def test_light_histogram_and_counter_expose_what_prometheus_client_would():
     assert samples(ours) == samples(ref)
 
 
+def test_event_loop_cpu_counts_the_main_threads_cpu_and_no_other_threads():
+    """``moondev_event_loop_cpu_seconds_total`` grows by the CPU the main thread (where a worker runs
+    its event loop, and where pytest runs this test) burns, and not by another thread's."""
+    import threading
+    import time
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from core.metrics import EventLoopCPU
+
+    reg = CollectorRegistry()
+    loop_cpu = EventLoopCPU(registry=reg)
+
+    def exported() -> float:
+        return next(s.value for fam in text_string_to_metric_families(generate_latest(reg).decode())
+                    for s in fam.samples if s.name == "moondev_event_loop_cpu_seconds_total")
+
+    def burn(seconds: float) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+    assert threading.current_thread() is threading.main_thread()
+    v0 = exported()
+    burn(0.3)
+    v1 = exported()
+    other = threading.Thread(target=burn, args=(0.3,))
+    other.start()
+    other.join()
+    v2 = exported()
+    assert 0.29 <= v1 - v0 < 1.0
+    assert v2 - v1 < 0.05
+    assert abs(loop_cpu.seconds() - time.thread_time()) < 0.05
+
+
 def test_lean_faust_monitor_counts_per_message_hooks_into_faust_families():
     from types import SimpleNamespace
 
