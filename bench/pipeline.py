@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import collections
 import json
 import math
 import os
@@ -105,17 +104,12 @@ def whole_path(workers, n: int, timeout: float = 900, on_consumed=None) -> tuple
     raise TimeoutError(f"not processed within {timeout} s: {workers[0].log_tail()}")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, main_thread: bool = False) -> float:
     """User + system CPU seconds of a process, all its threads (``/proc/PID/stat`` utime + stime;
-    not its children: the event-store sink is a process of its own)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
-
-
-def main_thread_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process's main thread (its event loop, in a Faust worker),
-    from ``/proc/PID/task/PID/stat``."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    not its children: the event-store sink is a process of its own), or with ``main_thread`` of
+    its main thread only (``/proc/PID/task/PID/stat``: the event loop, in a Faust worker)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -311,10 +305,10 @@ def main() -> None:
         w = stack.worker()
         w.start()
         cpu0, ticks0 = cpu_seconds(w.proc.pid), metric_sum([w], "moondev_ticks_consumed_total")
-        split0 = (time.monotonic(), main_thread_cpu_seconds(w.proc.pid), cpu0)
+        split0 = (time.monotonic(), cpu_seconds(w.proc.pid, main_thread=True), cpu0)
         split: list = []  # the same when the last tick has been consumed (the sink may still be storing)
         t_first, t_ticks = whole_path([w], N_SAMPLE, on_consumed=lambda: split.extend(
-            (time.monotonic(), main_thread_cpu_seconds(w.proc.pid), cpu_seconds(w.proc.pid))))
+            (time.monotonic(), cpu_seconds(w.proc.pid, main_thread=True), cpu_seconds(w.proc.pid))))
         cpu_s = cpu_seconds(w.proc.pid) - cpu0
         done = asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed"))
         t_last_fill = max((ts for ts, _ in done), default=0) / 1000.0
@@ -403,7 +397,6 @@ def main() -> None:
                     if ev.get("ingest_ms") and ev.get("correlation_id"):
                         ms = ts - ev["ingest_ms"]
                         signal_ms[ev["correlation_id"]] = min(ms, signal_ms.get(ev["correlation_id"], ms))
-                signal_ms = collections.defaultdict(lambda: math.nan, signal_ms)
                 # where the tail sits in the run (seconds after the first fill) tells warm-up from bursts
                 slowest = sorted(got, key=lambda g: -g[1])[:5]
                 print(f"latency tick→trade.executed at --speed {speed} "
@@ -413,7 +406,7 @@ def main() -> None:
                       "the tick to the first signal sent from it)): "
                       + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} "
                                   f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)}; "
-                                  f"{signal_ms[cid]:.0f} ms)" for ts, ms, cid in slowest), flush=True)
+                                  f"{signal_ms.get(cid, math.nan):.0f} ms)" for ts, ms, cid in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:

@@ -5,6 +5,8 @@ Counters are per worker process; Prometheus sums them across replicas.
 
 from __future__ import annotations
 
+import threading
+import time
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -129,15 +131,11 @@ class EventLoopCPU:
                      "agent); a rate near 1 means the worker is bound by that one core")
 
     def __init__(self, registry=REGISTRY):
-        import threading
-
         self._thread = threading.main_thread()
         registry.register(self)
 
     def seconds(self) -> float | None:
         """The main thread's CPU seconds so far, or None where thread CPU clocks are unavailable."""
-        import time
-
         try:
             return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
         except (AttributeError, OSError):
