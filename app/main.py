@@ -21,6 +21,7 @@ import faust
 import mode.loop
 from faust.streams import _current_event
 from faust.types import TP
+from faust.transport.consumer import ensure_TPset
 from faust.types.tuples import Message
 
 from app.kafka import App, PartitionAssignor, Topic
@@ -79,7 +80,30 @@ class RawKeyTable(_RawStrKeys, faust.Table):
 
 
 class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
-    pass
+    """A global table that calls each of its ``on_change`` callables (no arguments) after a
+    change: a key written or deleted here, or a batch of its changelog applied (another worker's
+    writes, and this worker's own read back). For an in-memory view of the table that must not be
+    re-read on every use nor miss another worker's write (``processors.base.ExposureView``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_change: list = []
+
+    def _changed(self) -> None:
+        for fn in self.on_change:
+            fn()
+
+    def on_key_set(self, key, value) -> None:
+        super().on_key_set(key, value)
+        self._changed()
+
+    def on_key_del(self, key) -> None:
+        super().on_key_del(key)
+        self._changed()
+
+    def apply_changelog_batch(self, batch) -> None:
+        super().apply_changelog_batch(batch)
+        self._changed()
 
 
 app = App(
@@ -210,15 +234,27 @@ class holding:
 def owned_partition(topic: str, key: bytes) -> int | None:
     """The partition of ``topic`` (full name) that holds ``key`` under the default partitioner,
     if this worker is assigned it now; else None (also before the worker has started or has the
-    topic's metadata)."""
+    topic's metadata, and from the start of a rebalance until its new assignment is in place)."""
     try:
         partition = app.producer.key_partition(topic, key).partition
-        assigned = app.consumer.assignment()
     except Exception:  # noqa: BLE001 - not started, no metadata yet: the caller takes the normal path
         return None
-    if partition is None or TP(topic, partition) not in assigned:
+    if partition is None or TP(topic, partition) not in app.owned:
         return None
     return partition
+
+
+# The assignment as owned_partition sees it, kept here rather than asked of the consumer on every
+# call: the consumer thread builds a new set of every partition each time, 2 % of a worker's
+# event loop when every signal asked. Emptied when a rebalance revokes, set once it has assigned.
+@app.on_partitions_revoked.connect
+async def _forget_assignment(sender, revoked, **kwargs) -> None:
+    app.owned = frozenset()
+
+
+@app.on_partitions_assigned.connect
+async def _keep_assignment(sender, assigned, **kwargs) -> None:
+    app.owned = frozenset(ensure_TPset(app.consumer.assignment()))
 
 
 async def run_as_read(topic: str, partition: int, key: bytes, value: bytes, trace, coro_fn):
