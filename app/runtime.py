@@ -12,7 +12,7 @@ from app.main import app, emit, settings
 from app.sla import sla
 from core.metrics import RISK_EVAL_SECONDS
 from exchanges.base import Exchange
-from processors.base import ExposureView, WriteBehind
+from processors.base import ExposureView, StoreSnapshot, WriteBehind
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
 from processors.correlation import CorrelationConfig, CorrelationProcessor
 from processors.execution import ExecutionConfig, ExecutionProcessor, ExecutionState
@@ -70,11 +70,17 @@ assets = dict(settings.assets)
 TICK_STORES = tuple(WriteBehind(t) for t in (tables.bar_history, tables.indicators, tables.orderflow, tables.whales))
 CONSENSUS_STORES = (WriteBehind(tables.consensus_windows),)
 
+#: What the tick step's processors read of the halt flags (on every signal) and the correlations
+#: (on every bar close): copies re-read after a change, not RocksDB reads each time.
+halt_flags, correlations = StoreSnapshot(tables.halt), StoreSnapshot(tables.correlations)
+tables.halt.on_change.append(halt_flags.invalidate)
+tables.correlations.on_change.append(correlations.invalidate)
+
 trading = TradingProcessor(TradingConfig.from_settings(settings),
-                           TradingState(TICK_STORES[0], TICK_STORES[1], tables.correlations, tables.halt),
+                           TradingState(TICK_STORES[0], TICK_STORES[1], correlations, halt_flags),
                            advisor=build_advisor())
-orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), TICK_STORES[2], tables.halt)
-whale = WhaleProcessor(WhaleConfig.from_settings(settings), TICK_STORES[3], tables.halt)
+orderflow = OrderFlowProcessor(OrderFlowConfig.from_settings(settings), TICK_STORES[2], halt_flags)
+whale = WhaleProcessor(WhaleConfig.from_settings(settings), TICK_STORES[3], halt_flags)
 risk = RiskProcessor(dataclasses.replace(RiskConfig.from_settings(settings), assets=assets),
                      RiskState(tables.latest_prices, exposures),
                      observe_evaluation=_observe_risk_evaluation)

@@ -185,7 +185,8 @@ ORDERS = Counter("moondev_orders_total", "Orders by outcome (filled, partially_f
                  "constraint)", ["outcome"], registry=REGISTRY)
 EXCHANGE_ERRORS = Counter("moondev_exchange_errors_total", "Exchange adapter errors (retried)", ["exchange"],
                           registry=REGISTRY)
-RISK_EVAL_SECONDS = Histogram(
+# observed for every tick of a token an account holds: the light kind, like the stage timings
+RISK_EVAL_SECONDS = LightHistogram(
     "moondev_risk_evaluation_seconds", "Risk evaluation of one account on one tick (seconds)",
     buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005), registry=REGISTRY)
 NOTIFICATIONS = Counter("moondev_notifications_total", "Discord notifications by outcome (sent, dropped, "

@@ -4,7 +4,7 @@ execution processors read."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 #: A processor's store: a Faust table in a worker, a dict in process. Keys are ``str`` (token or
@@ -91,6 +91,44 @@ class WriteBehind(MutableMapping):
                     self.store.pop(key, None)
                 else:
                     self.store[key] = value
+
+
+class StoreSnapshot(Mapping):
+    """A read-only copy of a small store (key -> value, keys as ``str``), taken at the first read
+    after :meth:`invalidate`, for a processor that reads it far more often than anyone writes it:
+    in a worker, a global table (``halt``, ``correlations``) whose every read goes to RocksDB,
+    and which ``app.main.RawKeyGlobalTable`` reports each change of, this worker's or
+    another's. Writers keep writing the store itself."""
+
+    __slots__ = ("store", "_data")
+
+    def __init__(self, store: Mapping):
+        self.store = store
+        self._data: dict | None = None
+
+    def invalidate(self) -> None:
+        self._data = None
+
+    def _snapshot(self) -> dict:
+        data = self._data
+        if data is None:
+            data = self._data = {key_str(k): v for k, v in self.store.items()}
+        return data
+
+    def __getitem__(self, key):
+        return self._snapshot()[key]
+
+    def get(self, key, default=None):
+        return self._snapshot().get(key, default)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._snapshot())
+
+    def __len__(self) -> int:
+        return len(self._snapshot())
+
+    def items(self):
+        return self._snapshot().items()
 
 
 class ExposureView:
