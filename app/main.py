@@ -81,9 +81,10 @@ class RawKeyTable(_RawStrKeys, faust.Table):
 
 class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
     """A global table that calls each of its ``on_change`` callables (no arguments) after a
-    change: a key written or deleted here, or a batch of its changelog applied (another worker's
-    writes, and this worker's own read back). For an in-memory view of the table that must not be
-    re-read on every use nor miss another worker's write (``processors.base.ExposureView``)."""
+    change: a key written or deleted here, a batch of its changelog applied (another worker's
+    writes, and this worker's own read back), a rebalance, a recovery ended or the local state
+    reset. For an in-memory view of the table that must not be re-read on every use nor miss
+    another worker's write (``processors.base.ExposureView``, ``StoreSnapshot``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -103,6 +104,18 @@ class RawKeyGlobalTable(_RawStrKeys, faust.GlobalTable):
 
     def apply_changelog_batch(self, batch) -> None:
         super().apply_changelog_batch(batch)
+        self._changed()
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self._changed()
+
+    async def on_rebalance(self, *args, **kwargs) -> None:
+        await super().on_rebalance(*args, **kwargs)
+        self._changed()
+
+    async def on_recovery_completed(self, *args, **kwargs) -> None:
+        await super().on_recovery_completed(*args, **kwargs)
         self._changed()
 
 

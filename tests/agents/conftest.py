@@ -41,7 +41,9 @@ def outputs(monkeypatch):
     monkeypatch.setattr(runtime.risk, "state", RiskState(latest_prices, runtime.exposures))
     monkeypatch.setattr(runtime.consensus, "state", ConsensusState(runtime.CONSENSUS_STORES[0]))
     monkeypatch.setattr(runtime.trading.state, "open", {})
-    runtime.exposures.invalidate()
+    # cleared behind the tables' backs: the views of them read afresh
+    for view in (runtime.exposures, runtime.halt_flags, runtime.correlations):
+        view.invalidate()
     return recorders
 
 

@@ -14,6 +14,7 @@ from streams.execution import execution
 from streams.portfolio import portfolio_agent
 from streams.risk import cascade, halt_agent
 from streams.ticks import ticks
+from domain.halt import any_halted
 from tables import halt, portfolio
 
 T0 = 1_723_161_280_000
@@ -83,8 +84,10 @@ async def test_halt_blocks_opening_orders_until_risk_ok(outputs):
     d = ConsensusDecision(event_id=uuid.uuid4(), event_type="trade.consensus_approved", timestamp=T0, token="BTC",
                           source="consensus", consensus_score=85, contributing_agents=["a", "b"],
                           recommended_action="BUY", window_start=T0, window_end=T0 + 5000, price=50_000.0)
+    assert any_halted(runtime.trading.state.halt) == []  # the tick step's copy of the flags, taken now
     async with halt_agent.test_context() as agent:
         await agent.put(value=encode_event(alert), key=b"paper")
+    assert any_halted(runtime.trading.state.halt) == ["paper"], "the copy is re-read after the halt agent's write"
     async with execution.test_context() as agent:
         await agent.put(value=encode_event(d), key=b"paper")
     (rej,) = outputs["orders"].of("trade.rejected")
@@ -92,6 +95,7 @@ async def test_halt_blocks_opening_orders_until_risk_ok(outputs):
     async with halt_agent.test_context() as agent:
         await agent.put(value=encode_event(ok), key=b"paper")
     assert not halt.get("paper")["halted"]
+    assert any_halted(runtime.trading.state.halt) == []
     d2 = d.model_copy(update={"event_id": uuid.uuid4()})
     async with execution.test_context() as agent:
         await agent.put(value=encode_event(d2), key=b"paper")
@@ -274,3 +278,16 @@ async def test_a_force_close_for_an_account_not_traded_here_is_left_to_the_engin
                     size=1.0, reduce_only=True)
     assert await execution_stream.execute_now(fc) is None and ran == []
     assert await execution_stream.execute_now(fc.model_copy(update={"account": "acct"})) == [] and ran == [b"acct"]
+
+
+def test_another_workers_halt_reaches_the_tick_steps_copy_through_the_changelog(outputs):
+    """A global table's changelog applied here (another worker's write, or this worker's read back)
+    re-reads the copies of it that the tick step's processors read (app.main.RawKeyGlobalTable)."""
+    from types import SimpleNamespace
+
+    assert any_halted(runtime.trading.state.halt) == []
+    flag = {"halted": True, "manual": True, "reason": "manual: test", "since_ms": T0, "event_id": "x"}
+    halt.apply_changelog_batch([SimpleNamespace(key="paper", value=flag,
+                                                message=SimpleNamespace(value=b"{}", partition=0))])
+    assert any_halted(runtime.trading.state.halt) == ["paper"]
+    assert any_halted(runtime.orderflow.halt) == ["paper"] and any_halted(runtime.whale.halt) == ["paper"]

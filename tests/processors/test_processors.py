@@ -531,3 +531,15 @@ def test_correlation_processor_boosts_only_a_positive_correlation(sign):
     else:
         assert all(d.coefficient < -0.7 and d.direction == "negative" and d.action is None for d in dets)
         assert not correlations["BTC"]["active"] and correlations["BTC"]["direction"] == "negative"
+
+
+def test_store_snapshot_reads_a_copy_until_invalidated():
+    from processors.base import StoreSnapshot
+
+    store = {b"paper": {"halted": True}}
+    snap = StoreSnapshot(store)
+    assert dict(snap) == {"paper": {"halted": True}} and snap.get("other") is None and len(snap) == 1
+    store["acct"] = {"halted": False}
+    assert "acct" not in snap, "a copy: writes to the store are not seen until invalidated"
+    snap.invalidate()
+    assert sorted(snap) == ["acct", "paper"] and snap["acct"] == {"halted": False}
