@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: One exposures view per worker, shared by risk (reads) and portfolio (writes): re-read after
 #: any change to the global table, this worker's or another's (app.main.RawKeyGlobalTable), rather
 #: than every 50 ms through RocksDB, which cost 2 % of the event loop.
-exposures = ExposureView(tables.exposures, refresh_s=float("inf"))
+exposures = ExposureView(tables.exposures)
 tables.exposures.on_change.append(exposures.invalidate)
 #: One asset table per worker, shared by risk (maintenance margin) and execution (leverage, size
 #: increments): the venue's metadata replaces its entries once the exchange adapter has started.

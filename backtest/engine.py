@@ -137,7 +137,7 @@ class InProcessEngine:
         self.precompute = precompute
         self.stores: dict[str, dict] = {name: {} for name in STORES}
         st = self.stores
-        exposures = ExposureView(st["exposures"], refresh_s=float("inf"))
+        exposures = ExposureView(st["exposures"])
         trading_config = dataclasses.replace(TradingConfig.from_settings(s), keep_view=False,
                                              minute_closes=sentiment_input)
         self.trading = TradingProcessor(trading_config,

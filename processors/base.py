@@ -3,7 +3,6 @@ execution processors read."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -133,22 +132,19 @@ class StoreSnapshot(Mapping):
 
 class ExposureView:
     """The accounts with open positions, read from the ``exposures`` store (written by the
-    portfolio processor, read by risk on every tick).
+    portfolio processor, read by risk on every tick), re-read only after :meth:`invalidate`.
 
-    A worker's ``exposures`` is a global table that other workers write too, so the snapshot is
-    re-read at most every ``refresh_s`` seconds (wall clock) and at once after this process
-    changed it (:meth:`invalidate`). In process (backtests) every write goes through
-    :meth:`invalidate`, so ``refresh_s`` is infinite and the wall clock plays no part.
+    The portfolio's writes go through :meth:`set`, which invalidates. In a worker ``exposures``
+    is a global table that other workers write too, and the table reports each change
+    (``app.main.RawKeyGlobalTable``), theirs included, to :meth:`invalidate`.
     """
 
-    def __init__(self, store: Store, refresh_s: float = 0.05):
+    def __init__(self, store: Store):
         self.store = store
-        self.refresh_s = refresh_s
-        self._at = float("-inf")
-        self._items: list[tuple[str, dict]] = []
+        self._items: list[tuple[str, dict]] | None = None
 
     def invalidate(self) -> None:
-        self._at = float("-inf")
+        self._items = None
 
     def set(self, account: str, value: dict) -> None:
         self.store[account] = value
@@ -156,8 +152,7 @@ class ExposureView:
 
     def items(self) -> list[tuple[str, dict]]:
         """(account, {"cash", "positions"}) of every account with a position."""
-        if self._at == float("-inf") or (self.refresh_s != float("inf")
-                                         and time.monotonic() - self._at > self.refresh_s):
-            self._items = [(key_str(k), v) for k, v in self.store.items() if v and v.get("positions")]
-            self._at = time.monotonic()
-        return self._items
+        items = self._items
+        if items is None:
+            items = self._items = [(key_str(k), v) for k, v in self.store.items() if v and v.get("positions")]
+        return items

@@ -94,7 +94,7 @@ async def _rebuild_account(conn, stores: dict, config: PortfolioConfig, account:
         if snapshot.get("halt"):
             halt[account] = snapshot["halt"]
     submitted = list(snapshot["submitted"]) if snapshot else []
-    processor = PortfolioProcessor(config, portfolio, ExposureView(stores["exposures"], refresh_s=float("inf")),
+    processor = PortfolioProcessor(config, portfolio, ExposureView(stores["exposures"]),
                                    stores["latest_prices"], stores["execution_state"], halt)
     # Which fills came after the snapshot, and in what order: the live processor applied them in
     # arrival order, which across tokens is not event-time order (a fill stamped before the

@@ -182,7 +182,7 @@ def engine_and_portfolio(**portfolio_config):
     """An execution engine on a paper exchange without slippage and a portfolio processor, over
     one set of plain dicts: ``(stores, engine, portfolio)``."""
     stores = {k: {} for k in ("execution_state", "portfolio", "halt", "latest_prices", "exposures")}
-    exposures = ExposureView(stores["exposures"], refresh_s=float("inf"))
+    exposures = ExposureView(stores["exposures"])
     ex = ExecutionProcessor(ExecutionConfig(), ExecutionState(stores["execution_state"], stores["portfolio"],
                                                               stores["halt"], stores["latest_prices"]),
                             PaperExchange(slippage_bps=0.0))
@@ -327,7 +327,7 @@ async def test_portfolio_snapshots_on_event_time_carry_what_a_rebuild_needs():
 
 
 def test_risk_processor_force_closes_once_and_halt_processor_keeps_the_flag():
-    exposures = ExposureView({}, refresh_s=float("inf"))
+    exposures = ExposureView({})
     exposures.set("acct", {"cash": -400_000.0, "positions": {"BTC": {"size": 10.0, "entry_price": 50_000.0,
                                                                       "opened_ms": T0}}})
     risk = RiskProcessor(RiskConfig(), RiskState({}, exposures))
@@ -365,7 +365,7 @@ START = {"BTC": 50_000.0, "ETH": 2_500.0}
 def _leveraged_risk(rng, tokens) -> RiskProcessor:
     """A risk processor over one account holding each token (entered at ``START``) at a random
     leverage of 1 to 17 per position, long or short."""
-    exposures = ExposureView({}, refresh_s=float("inf"))
+    exposures = ExposureView({})
     sizes = {tok: rng.choice([1.0, 5.0, 6.0, 6.5, 17.0]) * rng.choice([1, -1]) * 50_000.0 / START[tok]
              for tok in tokens}
     exposures.set("a", {"cash": 100_000.0 - sum(sz * START[tok] for tok, sz in sizes.items()),
@@ -476,7 +476,7 @@ def test_risk_quiet_band_holds_only_quiet_prices():
         entry = rng.choice([0.05, 2_500.0, 50_000.0]) * rng.uniform(0.5, 2.0)
         equity = rng.uniform(1e3, 1e6)
         size = rng.choice([1, -1]) * rng.uniform(0.1, 20.0) * equity / entry
-        exposures = ExposureView({}, refresh_s=float("inf"))
+        exposures = ExposureView({})
         exposures.set("a", {"cash": equity - size * entry,
                             "positions": {"BTC": {"size": size, "entry_price": entry, "opened_ms": T0}}})
         risk = RiskProcessor(RiskConfig(max_leverage=rng.choice([1.5, 3.0, 10.0]),
