@@ -647,6 +647,44 @@ async def _fetch_waits():
     del f._records[ticks]  # the consumer took them: the next fetch covers it again, at once
     assert fetch() == (500, ["price.ticks", "signal.generated"])
 
+    # partitions Faust paused in its own books (the worker's consumer thread names its paused
+    # changelogs outside a rebalance) are named in no fetch and make none partial, and come back
+    # in the next fetch once they are no longer left out
+    from faust.types import TP
+    subscriptions.resume(changelog)
+    assert fetch() == (500, ["app-bar_history-changelog", "price.ticks", "signal.generated"])
+    f.left_out = lambda: frozenset({TP("app-bar_history-changelog", 0)})  # Faust's TP, as the consumer keeps it
+    assert fetch() == (500, ["price.ticks", "signal.generated"])
+    f._records[ticks] = FetchResult(ticks, assignment=assignment, partition_records=None, backoff=0)
+    f.partial_interval_s = 0.0
+    assert fetch() == (10, ["signal.generated"])
+    del f._records[ticks]
+    f.left_out = frozenset
+    assert fetch() == (500, ["app-bar_history-changelog", "price.ticks", "signal.generated"])
+
+
+def test_the_fetches_leave_out_the_paused_changelogs_outside_a_rebalance_only():
+    """Faust pauses a partition in its own books only; the worker's fetches leave out the
+    changelog partitions it has paused (its own tables' active ones), but not its paused stream
+    partitions, and nothing while it rebalances."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from app.kafka import paused_changelogs
+
+    log, ticks, prices = TP("app-bar_history-changelog", 3), TP("price.ticks", 3), TP("app-latest_prices-changelog", 0)
+    app = SimpleNamespace(rebalancing=False, tables=SimpleNamespace(
+        changelog_topics={"app-bar_history-changelog", "app-latest_prices-changelog"}))
+    consumer = SimpleNamespace(_paused_partitions={log, ticks})
+    assert paused_changelogs(app, consumer) == {log}, "a resumed (global table) changelog is fetched"
+    app.rebalancing = True
+    assert paused_changelogs(app, consumer) == frozenset()
+    app.rebalancing = False
+    consumer._paused_partitions = set()
+    assert paused_changelogs(app, consumer) == frozenset()
+    assert prices not in paused_changelogs(app, consumer)
+
 
 def test_a_stopping_worker_starts_no_new_step_and_closes_its_tables_after_those_in_flight():
     """Faust closes the tables before it stops the agents: a step still running would write its
