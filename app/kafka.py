@@ -116,6 +116,29 @@ class PartitionAssignor(FaustPartitionAssignor):
         return assignments
 
 
+class RawSchema(faust.Schema):
+    """``faust.Schema`` that hands over a key or value that is raw (the serializer) and untyped or
+    ``bytes`` (the type) as the message's own bytes, or ``None``: what Faust's serializer registry
+    returns for it after about ten calls (the raw codec, then a model lookup that leaves bytes
+    alone), on every record of every stream. Other keys and values go through the registry."""
+
+    @staticmethod
+    def _as_is(typ, serializer, data) -> bool:
+        return typ in (None, bytes) and serializer == "raw" and (data is None or type(data) is bytes)
+
+    def loads_key(self, app, message, *, loads=None, serializer=None):
+        key = message.key
+        if self._as_is(self.key_type, serializer or self.key_serializer or app.serializers.key_serializer, key):
+            return key
+        return super().loads_key(app, message, loads=loads, serializer=serializer)
+
+    def loads_value(self, app, message, *, loads=None, serializer=None):
+        value = message.value
+        if self._as_is(self.value_type, serializer or self.value_serializer or app.serializers.value_serializer, value):
+            return value
+        return super().loads_value(app, message, loads=loads, serializer=serializer)
+
+
 class _AssignmentWithout:
     """An aiokafka assignment seen without some of its partitions, for the fetch planner
     (``Fetcher._get_actions_per_node`` reads ``tps`` and ``state_value`` only)."""
@@ -592,6 +615,18 @@ class App(faust.App):
         #: next (empty in between); kept by ``app.main``.
         self.owned: frozenset = frozenset()
         super().__init__(*args, **kwargs)
+
+    _event_class: type | None = None
+
+    def create_event(self, key, value, headers, message):
+        # Faust's conductor makes an event of every record it hands to a stream, and Faust looks the
+        # event class up in its settings registry each time (``self.conf.Event``, about 1 µs).
+        # Settings are fixed once the worker runs. With RawSchema, a record's decode and event take
+        # 1.4-2.1 µs instead of 4.8-6.1 (a throwaway micro-benchmark, a tick's key and value).
+        cls = self._event_class
+        if cls is None:
+            cls = self._event_class = self.conf.Event
+        return cls(self, key, value, headers, message)
 
     async def _stop_consumer(self) -> None:
         if not await self.steps.drain(timeout=15.0):

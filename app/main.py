@@ -24,7 +24,7 @@ from faust.types import TP
 from faust.transport.consumer import ensure_TPset
 from faust.types.tuples import Message
 
-from app.kafka import App, PartitionAssignor, Topic
+from app.kafka import App, PartitionAssignor, RawSchema, Topic
 from app.monitor import LeanPrometheusMonitor
 from core.metrics import AGENT_ERRORS, AGENT_EVENTS, DEAD_LETTERS, EVENTS_PRODUCED, REGISTRY
 from core.logs import TRACE, current_event_id, logging_config
@@ -130,6 +130,7 @@ app = App(
     # A created topic is declared only once the brokers list it, and an assignment that misses a
     # global table's changelog does not fail (app.kafka).
     Topic=Topic,
+    Schema=RawSchema,
     PartitionAssignor=PartitionAssignor,
     broker=settings.kafka_broker,
     broker_credentials=_broker_credentials(),

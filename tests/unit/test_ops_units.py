@@ -686,6 +686,44 @@ def test_the_fetches_leave_out_the_paused_changelogs_outside_a_rebalance_only():
     assert prices not in paused_changelogs(app, consumer)
 
 
+def test_raw_schema_decodes_every_key_and_value_as_fausts_own_schema_does():
+    """The worker's schema hands raw untyped keys and values over without Faust's serializer
+    registry; whatever it decodes, and each event it makes, must equal what Faust's own gives."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from app.kafka import App, RawSchema
+
+    app = App("raw-schema-test", key_serializer="raw", value_serializer="raw", Schema=RawSchema)
+
+    def message(key, value):
+        return Message(topic="t", partition=0, offset=1, timestamp=0.0, timestamp_type=0, headers=[],
+                       key=key, value=value, checksum=None, tp=TP("t", 0))
+
+    cases = [dict(), dict(key_type=bytes, value_type=bytes), dict(key_type=str, value_type=str),
+             dict(key_serializer="json", value_serializer="json"), dict(value_serializer="raw")]
+    records = [(b"BTC", b'{"event_type":"price.tick"}'), (None, None), (b"", b""), (b'"k"', b'{"a": 1}')]
+
+    async def decode_all():
+        for kwargs in cases:
+            ours, theirs = RawSchema(**kwargs), faust.Schema(**kwargs)
+            decode_ours, decode_theirs = ours.compile(app), theirs.compile(app)
+            for key, value in records:
+                got, want = await decode_ours(message(key, value)), await decode_theirs(message(key, value))
+                if want is None:  # not JSON: both report the error (here to a no-op) and make no event
+                    assert got is None, (kwargs, key, value)
+                    continue
+                assert (got.key, got.value) == (want.key, want.value), (kwargs, key, value)
+                assert type(got) is type(want)
+                assert type(got.key) is type(want.key) and type(got.value) is type(want.value), (kwargs, key, value)
+
+    asyncio.run(decode_all())
+    assert app.conf.Schema is RawSchema
+
+
 def test_a_stopping_worker_starts_no_new_step_and_closes_its_tables_after_those_in_flight():
     """Faust closes the tables before it stops the agents: a step still running would write its
     state to closed tables while its input offset is committed after."""
