@@ -1,8 +1,8 @@
 """Compare the whole path's throughput of two checkouts of this repository, run in turn.
 
 This machine's speed drifts by more than most changes give, from one minute to the next, so two
-figures taken an hour apart say little. This runs the two checkouts alternately, each on a topic
-fed afresh: the bare Faust agent (``bench/bare_faust.py``, the ceiling) and then the whole path on
+figures taken an hour apart say little. This runs the two checkouts alternately (each pair in the
+other order than the one before: A B, B A, A B, ...), each on a topic fed afresh: the bare Faust agent (``bench/bare_faust.py``, the ceiling) and then the whole path on
 one worker, over the bundled sample, and prints for each run and as medians per checkout:
 
 - ``ratio``: the whole path's ticks/s over the bare agent's msg/s in the same run;
@@ -81,7 +81,9 @@ def main() -> None:
     roots = [str(Path(r).resolve()) for r in args.roots]
     results: dict[str, list[dict]] = {r: [] for r in roots}
     for i in range(args.pairs):
-        for root in roots:
+        # The order within a pair alternates (A B, B A, ...): the second run of a pair was the
+        # slower one in five pairs of six on 2026-12-07, whichever checkout it was.
+        for root in roots if i % 2 == 0 else roots[::-1]:
             proc = subprocess.run([sys.executable, __file__, "--one", root], cwd=root, capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": root})
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
