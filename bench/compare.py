@@ -2,8 +2,9 @@
 
 This machine's speed drifts by more than most changes give, from one minute to the next, so two
 figures taken an hour apart say little. This runs the two checkouts alternately (each pair in the
-other order than the one before: A B, B A, A B, ...), each on a topic fed afresh: the bare Faust agent (``bench/bare_faust.py``, the ceiling) and then the whole path on
-one worker, over the bundled sample, and prints for each run and as medians per checkout:
+other order than the one before: A B, B A, A B, ...), each on a topic fed afresh: the bare Faust
+agent (``bench/bare_faust.py``, the ceiling) and then the whole path on one worker, over the
+bundled sample, and prints for each run and as medians per checkout:
 
 - ``ratio``: the whole path's ticks/s over the bare agent's msg/s in the same run;
 - ``main_us``: the worker's main thread (its event loop) CPU µs per tick;
