@@ -30,7 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
-from models.events import derived_id
+from pydantic import ValidationError
+
+from models.events import PriceTick, derived_id, encode_event
 
 #: Quote-currency suffixes stripped to get the token (BTCUSDT, BTC-USD, BTCUSD_PERP → BTC).
 _SUFFIXES = ("USD_PERP", "-USD-PERP", "-PERP", "USDT", "USDC", "-USD", "_USD", "USD", "/USD")
@@ -202,3 +204,48 @@ def schedule(rows: list[TickRow], speed: float | None, max_gap_s: float = 5.0) -
             due += min(max(0.0, (row.ts_ms - prev) / 1000.0 / speed), max_gap_s)
         prev = row.ts_ms
         yield due, row
+
+
+#: What :func:`encode_ticks` leaves in a tick's JSON for ``ingest_ms``. A JSON key occurs once in
+#: an object and a quote inside a string value is escaped, so this text occurs once in a tick.
+_INGEST_PLACEHOLDER = b'"ingest_ms":0'
+
+
+@dataclass(slots=True, frozen=True)
+class EncodedTick:
+    """A row's ``price.tick`` as its Kafka key (the token) and its JSON value around ``ingest_ms``,
+    which is only known when the tick is sent: ``head + ms + tail`` is the JSON of the tick with
+    ``ingest_ms`` = ms (:meth:`value`), byte for byte what :func:`models.events.encode_event` gives."""
+
+    key: bytes
+    head: bytes
+    tail: bytes
+
+    def value(self, ingest_ms: int) -> bytes:
+        """The tick's JSON with ``ingest_ms`` (ms since epoch UTC) filled in."""
+        return self.head + str(ingest_ms).encode() + self.tail
+
+
+def encode_ticks(rows: list[TickRow], source: str) -> list[EncodedTick]:
+    """Each row as a validated, encoded ``price.tick`` (``source`` its ``source`` field,
+    ``volume_1m`` from :class:`RollingVolume` over the rows in order), so that sending one costs a
+    splice (:meth:`EncodedTick.value`), not a validation and an encode. About 300 bytes a tick.
+
+    Raises:
+        FeedError: a row is not a valid tick (a price that is not positive, say); the message
+            names the row (1-based, in event-time order), the field and the problem.
+    """
+    vol = RollingVolume()
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            tick = PriceTick(event_id=row.event_id, timestamp=row.ts_ms, token=row.token, source=source,
+                             price=row.price, size=row.size, side=row.side, trade_id=row.trade_id,
+                             volume_1m=vol.add(row.token, row.ts_ms, row.quote_volume), ingest_ms=0)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err.get("loc", ()))
+            raise FeedError(f"tick {i + 1} ({row.token} at {row.ts_ms} ms) is invalid: {field}: {err['msg']}") from None
+        head, _, tail = encode_event(tick).partition(_INGEST_PLACEHOLDER)
+        out.append(EncodedTick(row.token.encode(), head + b'"ingest_ms":', tail))
+    return out

@@ -144,3 +144,40 @@ def test_trade_files_give_the_aggressor_side_and_trade_id(tmp_path):
     bad.write_text("symbol,trade_time_ms,price,qty,is_buyer_maker\nBTCUSDT,1000,10,1,maybe\n")
     with pytest.raises(FeedError, match="line 2.*is_buyer_maker"):
         read_ticks(bad)
+
+
+def test_encoded_ticks_are_the_events_json_with_ingest_ms_spliced_in():
+    """What the feed sends is byte for byte what ``encode_event`` gives the tick stamped when it
+    is sent, with the rolling volume over the rows in order; a trade id that holds the
+    placeholder's text does not move the splice (a quote in a JSON string is escaped)."""
+    from feeds.files import TickRow, encode_ticks
+    from models.events import PriceTick, decode_event, encode_event
+
+    rows = read_ticks(ROOT / "data/sample/binance_usdm_trades_20240808.csv.gz", limit=500)
+    rows.append(TickRow(rows[-1].ts_ms, "BTC", 61_000.0, 0.5, 30_500.0, ("row", 1), "BUY", 'x"ingest_ms":0'))
+    vol = RollingVolume()
+    for i, (row, enc) in enumerate(zip(rows, encode_ticks(rows, "feed.file:sample"), strict=True)):
+        ms = 1_723_161_256_322 + i
+        want = PriceTick(event_id=row.event_id, timestamp=row.ts_ms, token=row.token, source="feed.file:sample",
+                         price=row.price, size=row.size, side=row.side, trade_id=row.trade_id,
+                         volume_1m=vol.add(row.token, row.ts_ms, row.quote_volume), ingest_ms=ms)
+        assert enc.key == row.token.encode()
+        assert enc.value(ms) == encode_event(want)
+        assert decode_event(enc.value(ms)) == want
+
+
+def test_a_row_that_is_not_a_valid_tick_fails_the_feed_in_one_line_before_anything_is_sent(tmp_path):
+    """The ticks are validated before the first is sent (and before the broker is reached: this
+    runs with none), so a bad row stops the feed with one line naming it, not a traceback halfway."""
+    from feeds.files import encode_ticks
+
+    bad = tmp_path / "zero.csv"
+    bad.write_text("symbol,trade_time_ms,price,qty\nBTCUSDT,1000,10,1\nBTCUSDT,1001,0,1\n")
+    with pytest.raises(FeedError, match=r"tick 2 \(BTC at 1001 ms\) is invalid: price: "):
+        encode_ticks(read_ticks(bad), "feed.file:zero.csv")
+    proc = subprocess.run([FAUST, "-A", "app", "feed", str(bad)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "STORE_URL": "memory://",
+                                            "KAFKA_BROKER": "kafka://127.0.0.1:1"})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "tick 2 (BTC at 1001 ms) is invalid: price" in lines[0], \
+        proc.stderr
