@@ -29,9 +29,10 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    2,050 ticks in one second, so 10× averages ~1,000 ticks/s with peaks far above); for every
    ``trade.executed``, latency = its Kafka message timestamp (producer wall clock) − ``ingest_ms``
    of the tick that triggered it (when that tick was produced). Prints count, p50, p99, max in ms
-   (goals: p99 < 50 ms at 1×, < 250 ms at 10×); beside each of the slowest fills, the ticks
-   produced in the 250 ms up to its tick and the time from its tick to the first signal sent from
-   it (the tick step sends a tick's signals, so that is the wait before the step plus the step).
+   (goals: p99 < 50 ms at 1×, < 250 ms at 10×); beside each of the slowest fills, its token, the
+   ticks produced in the 250 ms up to its tick (all, and its token's: those are ahead of it in its
+   partition) and the time from its tick to the first signal sent from it (the tick step sends a
+   tick's signals, so that is the wait before the step plus the step).
    Then, unless ``--no-bare-live``, the bare Faust agent on a fresh topic fed the same way: how
    late it reads each tick (p50, p99, max), and beside each of the slowest fills, how late it read
    that fill's own tick: the framework's floor for that fill on this machine.
@@ -381,14 +382,26 @@ def main() -> None:
                   f"step ({taken['consensus']} read by its agent, copies included), {taken['execution.approval_now']} "
                   f"approvals executed in the consensus step ({taken['execution']} commands read by the engine)",
                   flush=True)
-            got = [(ts, ts - ev["ingest_ms"], ev.get("correlation_id")) for ts, ev in
+            got = [(ts, ts - ev["ingest_ms"], ev.get("correlation_id"), ev.get("token")) for ts, ev in
                    asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "trade.executed", "trade.executed")) if ev.get("ingest_ms")]
-            lat = [ms for _, ms, _ in got]
+            lat = [g[1] for g in got]
             if lat:
                 # A fill's tick queued behind a burst waits for the burst however fast the step is:
                 # the ticks produced in the 250 ms up to its own are the queue it may have met.
-                offered = sorted(ev["ingest_ms"] for _, ev in asyncio.run(
-                    events_of(stack.env["TOPIC_PREFIX"] + "price.ticks", "price.tick", 2.0)) if ev.get("ingest_ms"))
+                # Those of its own token are ahead of it in its own partition; the others only share
+                # the worker with it.
+                ticks = [ev for _, ev in asyncio.run(events_of(stack.env["TOPIC_PREFIX"] + "price.ticks", "price.tick",
+                                                               2.0)) if ev.get("ingest_ms")]
+                offered = sorted(ev["ingest_ms"] for ev in ticks)
+                offered_of: dict[str, list[int]] = {}
+                for ev in ticks:
+                    offered_of.setdefault(ev["token"], []).append(ev["ingest_ms"])
+                for times in offered_of.values():
+                    times.sort()
+
+                def produced_before(times: list[int], at_ms: float) -> int:
+                    return bisect.bisect_right(times, at_ms) - bisect.bisect_left(times, at_ms - 250)
+
                 # The tick step sends the signals of the tick it is on, so the first signal sent from a
                 # fill's tick tells the wait before the step (the queue) from what came after it.
                 signal_ms: dict[str, float] = {}
@@ -402,11 +415,11 @@ def main() -> None:
                 print(f"latency tick→trade.executed at --speed {speed} "
                       f"(~{N_SAMPLE / feed_s:,.0f} ticks/s offered incl. feed start-up): n={len(lat)} "
                       f"p50={statistics.median(lat):.1f} ms p99={pct(lat, 99):.1f} ms max={max(lat):.1f} ms; "
-                      "slowest (ms @ s after the first fill (ticks produced in the 250 ms up to its tick; ms from "
-                      "the tick to the first signal sent from it)): "
-                      + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} "
-                                  f"({bisect.bisect_right(offered, ts - ms) - bisect.bisect_left(offered, ts - ms - 250)}; "
-                                  f"{signal_ms.get(cid, math.nan):.0f} ms)" for ts, ms, cid in slowest), flush=True)
+                      "slowest (ms @ s after the first fill, its token (ticks produced in the 250 ms up to its tick, "
+                      "of them its token's; ms from the tick to the first signal sent from it)): "
+                      + ", ".join(f"{ms:.0f} @ {(ts - min(g[0] for g in got)) / 1000:.0f} {token} "
+                                  f"({produced_before(offered, ts - ms)}, {produced_before(offered_of.get(token, []), ts - ms)}; "
+                                  f"{signal_ms.get(cid, math.nan):.0f} ms)" for ts, ms, cid, token in slowest), flush=True)
             else:
                 print(f"latency at --speed {speed}: no fills", flush=True)
         finally:
@@ -416,7 +429,7 @@ def main() -> None:
             # reads the very tick that fill came from when the sample is fed the same way.
             delays = bare_faust_live(speed, tmp)
             d = sorted(delays.values())
-            of_fills = [(ms, delays.get(cid)) for _, ms, cid in sorted(got, key=lambda g: -g[1])[:5]]
+            of_fills = [(ms, delays.get(cid)) for _, ms, cid, _ in sorted(got, key=lambda g: -g[1])[:5]]
             print(f"ceiling at --speed {speed}: the bare Faust agent reads ticks after p50={statistics.median(d):.1f} ms "
                   f"p99={pct(d, 99):.1f} ms max={max(d):.1f} ms (n={len(d)}); the slowest fills' ticks "
                   "(ms to the fill here / ms until the bare agent read the same tick): "
