@@ -330,7 +330,9 @@ def _agent_inputs() -> dict[str, str]:
     return out
 
 
-@app.timer(5.0)
+# Every second: a worker can work off a backlog of tens of thousands of ticks within a few seconds
+# of starting, and a check every 5 s (skipped while the first rebalance runs) could miss it whole.
+@app.timer(1.0)
 async def _report_lagging() -> None:
     if app.rebalancing:
         return  # partitions are moving: positions and high watermarks mean nothing yet

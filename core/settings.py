@@ -244,7 +244,7 @@ class Settings(BaseSettings):
     #: it started sends ``system.startup_failure`` naming the failing ones (once).
     startup_timeout_seconds: float = Field(180.0, gt=0)
     #: Messages an agent's input partition may be behind its high watermark before the worker
-    #: sends ``agent.lagging`` (checked every 5 s, at most once a minute per partition).
+    #: sends ``agent.lagging`` (checked every second, at most once a minute per partition).
     agent_lag_threshold: int = Field(10_000, ge=1)
     #: A message whose handling takes this long (ms) makes the worker send ``agent.lagging``
     #: (reason processing_time; at most once a minute per agent).
