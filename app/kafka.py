@@ -565,13 +565,18 @@ class Steps:
     its state to closed tables, and Faust flushes the producer buffer, changelog records included,
     before the agents stop, while the step's input offset is committed after. :meth:`drain` runs
     first: no new handling starts (its message stays unacked, for whoever owns the partition
-    next), and the tables close only once those in flight have written their state."""
+    next), and the tables close only once those in flight have written their state, and the
+    state of ended handlings that waits for the broker's acknowledgements (``writes``:
+    ``app.main.StoreAfterAcks``) is written or, after the timeout, dropped unwritten (replayed by
+    the partition's next owner)."""
 
     def __init__(self) -> None:
         self.running = 0
         self.closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        #: queues of state written after the acks (len() = what waits; abandon() drops it)
+        self.writes: list = []
 
     async def enter(self) -> None:
         """Count a handling in; once the gate is closed, wait until the agent is cancelled."""
@@ -589,11 +594,20 @@ class Steps:
         """Close the gate and wait up to ``timeout`` (s) for the handlings in flight; whether they
         all ended."""
         self.closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        return True
+        ended = True
+        for queue in self.writes:
+            while len(queue) and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if len(queue):
+                queue.abandon()
+                ended = False
+        return ended
 
 
 class App(faust.App):

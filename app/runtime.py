@@ -8,9 +8,9 @@ import dataclasses
 import logging
 
 import tables
-from app.main import app, emit, settings
+from app.main import StoreAfterAcks, app, emit, settings
 from app.sla import sla
-from core.metrics import RISK_EVAL_SECONDS
+from core.metrics import PROCESSING_SECONDS, RISK_EVAL_SECONDS
 from exchanges.base import Exchange
 from processors.base import ExposureView, StoreSnapshot, WriteBehind
 from processors.consensus import ConsensusConfig, ConsensusProcessor, ConsensusState
@@ -68,6 +68,10 @@ assets = dict(settings.assets)
 #: skips it: held until the broker has acknowledged the events of the step that wrote them
 #: (app.main.holding), per agent.
 TICK_STORES = tuple(WriteBehind(t) for t in (tables.bar_history, tables.indicators, tables.orderflow, tables.whales))
+#: The tick stream's writes of those stores, made once the broker has acknowledged the events of
+#: their step while the stream goes on (app.main.StoreAfterAcks).
+tick_writes = StoreAfterAcks("ticks", TICK_STORES, stored=PROCESSING_SECONDS.labels("ticks.acks"))
+app.steps.writes.append(tick_writes)  # a graceful stop lets them be written before the tables close
 CONSENSUS_STORES = (WriteBehind(tables.consensus_windows),)
 
 #: What the tick step's processors read of the halt flags (on every signal) and the correlations
@@ -101,6 +105,8 @@ ALL = (trading, orderflow, whale, risk, halt, consensus, sentiment, correlation,
 
 @app.on_partitions_revoked.connect
 async def _revoked(app_, revoked, **kwargs) -> None:
+    # before Faust revokes the tables' partitions: a revoked partition's unwritten layers go
+    tick_writes.on_revoked(revoked)
     for p in ALL:
         p.on_revoked(revoked)
 

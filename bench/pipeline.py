@@ -32,7 +32,11 @@ Every figure is from a fresh isolated run (own app id, topics, tables) on the bu
    (goals: p99 < 50 ms at 1×, < 250 ms at 10×); beside each of the slowest fills, its token, the
    ticks produced in the 250 ms up to its tick (all, and its token's: those are ahead of it in its
    partition) and the time from its tick to the first signal sent from it (the tick step sends a
-   tick's signals, so that is the wait before the step plus the step).
+   tick's signals, so that is the wait before the step plus the step). Before that, how many
+   closed bars the tick step stored after the broker's acknowledgements and how long after the
+   step on average (``moondev_processing_seconds{agent="ticks.acks"}``; the stream goes on
+   meanwhile), and how long the consensus steps inside the tick step waited for theirs
+   (``{agent="consensus.acks"}``; the stream stands still for those).
    Then, unless ``--no-bare-live``, the bare Faust agent on a fresh topic fed the same way: how
    late it reads each tick (p50, p99, max), and beside each of the slowest fills, how late it read
    that fill's own tick: the framework's floor for that fill on this machine.
@@ -124,7 +128,8 @@ def stage_breakdown(worker, ticks: int, cpu_s: float) -> str:
     """Mean µs per event of each stage, from the worker's ``moondev_processing_seconds``."""
     m = worker.metrics()  # in full: a name filter leaves out the light histograms (core.metrics)
     parts = []
-    for agent in ("ticks", "trading", "risk", "flow", "consensus", "execution", "portfolio"):
+    for agent in ("ticks", "trading", "risk", "flow", "ticks.acks", "consensus", "consensus.acks", "execution",
+                  "portfolio"):
         n = m.get(f'moondev_processing_seconds_count{{agent="{agent}"}}', 0)
         if n:
             total = m[f'moondev_processing_seconds_sum{{agent="{agent}"}}']
@@ -378,6 +383,18 @@ def main() -> None:
             m = w.metrics()
             taken = {a: int(m.get(f'moondev_processing_seconds_count{{agent="{a}"}}', 0))
                      for a in ("consensus.now", "consensus", "execution.approval_now", "execution")}
+            # A step that closed a bar has it stored once the broker has acknowledged its events, while
+            # the stream goes on (app.main.StoreAfterAcks); the consensus step still waits for them.
+            acks_n = m.get('moondev_processing_seconds_count{agent="ticks.acks"}', 0)
+            acks_s = m.get('moondev_processing_seconds_sum{agent="ticks.acks"}', 0.0)
+            step_s = m.get('moondev_processing_seconds_sum{agent="ticks"}', 0.0)
+            cons_n = m.get('moondev_processing_seconds_count{agent="consensus.acks"}', 0)
+            cons_s = m.get('moondev_processing_seconds_sum{agent="consensus.acks"}', 0.0)
+            if acks_n:
+                print(f"tick step at --speed {speed}: {int(acks_n)} steps' state stored after the broker's acks, "
+                      f"{acks_s / acks_n * 1000:.1f} ms after the step on average, while the stream went on (the tick "
+                      f"step's own time: {step_s:.2f} s, of which the consensus steps in it waited {cons_s:.2f} s for "
+                      f"acks in {int(cons_n)} steps)", flush=True)
             print(f"shortcuts at --speed {speed}: {taken['consensus.now']} signals through the consensus in the tick "
                   f"step ({taken['consensus']} read by its agent, copies included), {taken['execution.approval_now']} "
                   f"approvals executed in the consensus step ({taken['execution']} commands read by the engine)",

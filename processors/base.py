@@ -3,6 +3,7 @@ execution processors read."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -19,25 +20,46 @@ _DELETED = object()
 
 
 class WriteBehind(MutableMapping):
-    """A store whose writes wait in memory until :meth:`flush`; reads see them at once.
+    """A store whose writes wait in memory until they are written to it; reads see them at once.
 
     Why: a worker's table write reaches its local RocksDB at once, while the events the same step
     sends are still in the producer's buffer. A worker killed between the two comes back with
     state that says "done" (a bar closed, a window decided) and replays the step's input from the
     last committed offset, which the processors then skip as already seen: the step's events are
-    lost. A runtime that holds a step's writes here, waits until the broker has acknowledged the
-    step's events, then flushes, makes a kill before the flush replay the step as if it had never
-    run: the same events again, under the same derived ids, which their consumers already
-    deduplicate. In process (backtests) processors write plain dicts directly."""
+    lost. A runtime that holds a step's writes here until the broker has acknowledged the step's
+    events makes a kill before the writes replay the step as if it had never run: the same events
+    again, under the same derived ids, which their consumers already deduplicate. In process
+    (backtests) processors write plain dicts directly.
 
-    __slots__ = ("store", "pending")
+    Two ways to write the held changes: :meth:`flush` writes them now (the caller has waited for
+    the acknowledgements); :meth:`hand_over` moves them into a layer of their own, still read, so
+    that the next steps can run while the acknowledgements are on their way, and :meth:`apply`
+    writes that layer later (layers in the order they were handed over: a newer write to the same
+    key must land last). :meth:`drop` forgets a layer unwritten (its partition was revoked)."""
+
+    __slots__ = ("store", "pending", "flying")
 
     def __init__(self, store: Store):
         self.store = store
         self.pending: dict = {}
+        #: the layers handed over and not yet applied or dropped, oldest first
+        self.flying: list[dict] = []
+
+    def _held(self, key):
+        """The held value of ``key`` (newest first), ``_DELETED``, or ``self`` if none is held.
+        One from a layer in flight is a copy: processors change what they read in place (the
+        running indicator state), and the layer must be written as it was handed over, or a kill
+        between two layers' writes would store one step's key with the next step's changes."""
+        value = self.pending.get(key, self)
+        if value is self and self.flying:
+            for layer in reversed(self.flying):
+                value = layer.get(key, self)
+                if value is not self:
+                    return value if value is _DELETED else copy.deepcopy(value)
+        return value
 
     def __getitem__(self, key):
-        value = self.pending.get(key, self)
+        value = self._held(key)
         if value is self:
             return self.store[key]
         if value is _DELETED:
@@ -45,13 +67,13 @@ class WriteBehind(MutableMapping):
         return value
 
     def get(self, key, default=None):
-        value = self.pending.get(key, self)
+        value = self._held(key)
         if value is self:
             return self.store.get(key, default)
         return default if value is _DELETED else value
 
     def __contains__(self, key) -> bool:
-        value = self.pending.get(key, self)
+        value = self._held(key)
         return key in self.store if value is self else value is not _DELETED
 
     def __setitem__(self, key, value) -> None:
@@ -62,12 +84,21 @@ class WriteBehind(MutableMapping):
             raise KeyError(key)
         self.pending[key] = _DELETED
 
+    def _overlay(self) -> dict:
+        if not self.flying:
+            return self.pending
+        merged: dict = {}
+        for layer in self.flying:
+            merged.update(layer)
+        merged.update(self.pending)
+        return merged
+
     def __iter__(self) -> Iterator:
-        pending = self.pending
+        held = self._overlay()
         for key in self.store:
-            if key_str(key) not in pending and key not in pending:
+            if key_str(key) not in held and key not in held:
                 yield key
-        for key, value in pending.items():
+        for key, value in held.items():
             if value is not _DELETED:
                 yield key
 
@@ -75,21 +106,57 @@ class WriteBehind(MutableMapping):
         return sum(1 for _ in self)
 
     def items(self):
-        pending = self.pending
-        out = [(k, v) for k, v in self.store.items() if key_str(k) not in pending and k not in pending]
-        out += [(k, v) for k, v in pending.items() if v is not _DELETED]
+        held = self._overlay()
+        out = [(k, v) for k, v in self.store.items() if key_str(k) not in held and k not in held]
+        flying = self.pending is not held  # the merged layers: copies, as in _held
+        out += [(k, copy.deepcopy(v) if flying and k not in self.pending else v) for k, v in held.items()
+                if v is not _DELETED]
         return out
+
+    def _write(self, changes: dict) -> None:
+        for key, value in changes.items():
+            if value is _DELETED:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = value
 
     def flush(self) -> None:
         """Write the held changes to the underlying store (in a worker: the table, within the
-        event being handled, so they land in its partition)."""
+        event being handled, so they land in its partition). Only with no layer in flight: it
+        would land before them."""
         if self.pending:
             pending, self.pending = self.pending, {}
-            for key, value in pending.items():
-                if value is _DELETED:
-                    self.store.pop(key, None)
-                else:
-                    self.store[key] = value
+            self._write(pending)
+
+    def hand_over(self) -> dict:
+        """Move the held changes into a new layer, still read until :meth:`apply` or :meth:`drop`;
+        returns it (empty, and not kept, when nothing is held)."""
+        layer, self.pending = self.pending, {}
+        if layer:
+            self.flying.append(layer)
+        return layer
+
+    def _forget(self, layer: dict) -> None:
+        flying = self.flying
+        if flying and flying[0] is layer:
+            del flying[0]
+            return
+        for i, kept in enumerate(flying):
+            if kept is layer:  # by identity: two layers may hold equal changes
+                del flying[i]
+                return
+
+    def apply(self, layer: dict) -> None:
+        """Write a layer from :meth:`hand_over` to the store (in a worker: within its step's event)
+        and stop holding it. Raises what the store raises; the layer is forgotten either way."""
+        try:
+            self._write(layer)
+        finally:
+            self._forget(layer)
+
+    def drop(self, layer: dict) -> None:
+        """Forget a layer from :meth:`hand_over` without writing it."""
+        self._forget(layer)
 
 
 class StoreSnapshot(Mapping):

@@ -39,6 +39,8 @@ from streams.execution import REQUESTS_TOPIC, execute_now, noted_for_engine, rep
 log = logging.getLogger("moondev.consensus")
 _latency = PROCESSING_SECONDS.labels("consensus")
 _now_latency = PROCESSING_SECONDS.labels("consensus.now")
+#: a step's wait for the broker to acknowledge its decisions (and orders) before its window is stored
+_acks = PROCESSING_SECONDS.labels("consensus.acks")
 _late = LATE_EVENTS.labels("consensus")
 SIGNALS_TOPIC = settings.topic("signal.generated")
 app.input_order.watch(SIGNALS_TOPIC)
@@ -104,7 +106,7 @@ async def _step(sig, partition: int, produced_s: float) -> None:
     the epoch), for the signal-to-order SLA. The caller holds ``_steps``."""
     late = processor.late
     # A window's decision is stored only once it is in Kafka (processors.base.WriteBehind).
-    async with holding(CONSENSUS_STORES) as pending:
+    async with holding(CONSENSUS_STORES, _acks) as pending:
         for decision in processor.process(sig, partition):
             # caused by the signal, as emit would stamp it: the engine gets the bytes sent
             decision = decision.model_copy(update={"causation_id": decision.causation_id or sig.event_id})

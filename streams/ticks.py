@@ -10,7 +10,10 @@ One agent rather than one per processor because Faust delivers a topic's every m
 agent reading it: each extra reader costs a dispatch and a decode per tick, which was most of the
 live path's per-tick cost. Each processor's own time per tick is in
 ``moondev_processing_seconds{agent="trading"|"risk"|"flow"}``, the whole step's (decode and sends
-included) in ``{agent="ticks"}``.
+included) in ``{agent="ticks"}``. A step that closed a bar has the bar stored once the broker has
+acknowledged its events, while the stream goes on to the next ticks
+(:class:`app.main.StoreAfterAcks`); the time from the step's end until then is in
+``{agent="ticks.acks"}``.
 
 The first tick of each token's open bar is acked only once that bar has closed and been stored;
 every other tick is acked when its step ends. The consumer never commits past an unacked message
@@ -32,13 +35,15 @@ the same step when this worker owns the token's partition of ``signal.generated`
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 
-from app.main import TOPICS, app, dead_letter, decode_checked, emit, holding, survive
-from app.runtime import TICK_STORES
+from app.main import TOPICS, app, dead_letter, decode_checked, emit, survive
 from app.runtime import orderflow as orderflow_processor
 from app.runtime import risk as risk_processor
 from app.runtime import trading as trading_processor
+from app.runtime import tick_writes
 from app.runtime import whale as whale_processor
 from app.sla import sla
 from core.metrics import AGENT_EVENTS, LATE_EVENTS, PROCESSING_SECONDS, TICK_RECEIVE_SECONDS, TICKS_CONSUMED
@@ -47,6 +52,10 @@ from models.events import EventError, PriceTick
 from processors.trading import CLOSED, DROP
 from streams.consensus import consensus_now
 from streams.execution import force_close_now
+
+
+def _ack_soon(stream, event) -> None:
+    asyncio.ensure_future(stream.ack(event))
 
 
 @app.agent(TOPICS["price.ticks"], name="ticks")
@@ -73,8 +82,9 @@ async def ticks(stream):
         # A tick the trading processor raised on is dead-lettered and acked (it is in no bar); one
         # that raised after it was folded into its bar is dead-lettered and held as usual.
         verdict = DROP
-        async with survive("ticks", event, tick), holding(TICK_STORES) as pending:
-            # A bar's close is stored only once its events are in Kafka (processors.base.WriteBehind).
+        async with survive("ticks", event, tick), tick_writes.step(tick) as pending:
+            # A bar's close is stored only once its events are in Kafka (processors.base.WriteBehind),
+            # without holding up the next ticks (app.main.StoreAfterAcks).
             t1 = time.perf_counter()
             late = trading.late
             outs, verdict = trading.on_tick(tick, event.message.tp)
@@ -122,10 +132,11 @@ async def ticks(stream):
                 # delivers that tick again.
                 first = None
             if verdict == CLOSED or first is None:
-                # this tick opens the bar: it holds the commit back in place of the closed bar's first
+                # this tick opens the bar: it holds the commit back in place of the closed bar's first,
+                # which is acked once the closed bar is stored
                 held[tick.token] = (bar, event)
                 if first is not None:
-                    await stream.ack(first[1])
+                    tick_writes.after(partial(_ack_soon, stream, first[1]), first[1])
             else:
                 await stream.ack(event)
         step_s.observe(time.perf_counter() - t0)

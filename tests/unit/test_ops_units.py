@@ -757,4 +757,188 @@ def test_a_stopping_worker_starts_no_new_step_and_closes_its_tables_after_those_
         await stuck.enter()
         assert not await stuck.drain(timeout=0.05), "a step that never ends does not hold the stop forever"
 
+        # state that waits for the broker's acks is written before the tables close, or dropped
+        from app.main import StoreAfterAcks
+        from processors.base import WriteBehind
+
+        loop = asyncio.get_running_loop()
+        table = {}
+        store = WriteBehind(table)
+        queue = StoreAfterAcks("ticks", (store,))
+        waiting = Steps()
+        waiting.writes.append(queue)
+        ack = loop.create_future()
+        store["BTC"] = 1
+        queue.hold([ack], None)
+        loop.call_later(0.1, ack.set_result, None)
+        assert await waiting.drain(timeout=5) and table == {"BTC": 1} and len(queue) == 0
+
+        never = loop.create_future()
+        store["BTC"] = 2
+        queue.hold([never], None)
+        assert not await waiting.drain(timeout=0.1), "acks that never come do not hold the stop forever"
+        assert len(queue) == 0 and table == {"BTC": 1} and store["BTC"] == 1  # dropped, not written late
+        never.set_result(None)
+        await asyncio.sleep(0)
+        assert table == {"BTC": 1}
+
     asyncio.run(scenario())
+
+
+class Observed:
+    """A histogram child that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def observe(self, seconds: float) -> None:
+        self.seen.append(seconds)
+
+
+def test_a_step_with_state_to_store_waits_for_its_acks_and_reports_the_wait():
+    import asyncio
+
+    from app.main import holding
+    from processors.base import WriteBehind
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        table, waits = {}, Observed()
+        store = WriteBehind(table)
+        ack = loop.create_future()
+        loop.call_later(0.05, ack.set_result, None)
+        async with holding((store,), waits) as pending:
+            store["BTC"] = {"closed": 1}
+            pending.append(ack)
+            assert table == {} and store["BTC"] == {"closed": 1}  # read at once, stored after the ack
+        assert ack.done() and table == {"BTC": {"closed": 1}}
+        assert len(waits.seen) == 1 and 0.03 < waits.seen[0] < 5.0
+
+        # nothing to store: no wait for the sends, and none reported
+        unacked = loop.create_future()
+        async with holding((store,), waits) as pending:
+            pending.append(unacked)
+        assert not unacked.done() and len(waits.seen) == 1
+        unacked.cancel()
+
+    asyncio.run(run())
+
+
+def test_write_behind_layers_are_read_until_written_and_written_in_order():
+    from processors.base import WriteBehind
+
+    table = {"BTC": 1, "ETH": 1}
+    store = WriteBehind(table)
+    store["BTC"] = 2
+    first = store.hand_over()
+    store["BTC"] = 3
+    del store["ETH"]
+    second = store.hand_over()
+    store["SOL"] = 1  # still pending
+    assert store["BTC"] == 3 and "ETH" not in store and store.get("SOL") == 1 and table == {"BTC": 1, "ETH": 1}
+    assert sorted(store) == ["BTC", "SOL"] and dict(store.items()) == {"BTC": 3, "SOL": 1} and len(store) == 2
+    store.apply(first)
+    assert table == {"BTC": 2, "ETH": 1} and store["BTC"] == 3  # the newer layer is still read over the table
+    store.apply(second)
+    assert table == {"BTC": 3} and store.flying == [] and store["SOL"] == 1
+    dropped = store.hand_over()
+    store.drop(dropped)
+    assert "SOL" not in store and table == {"BTC": 3}
+    assert store.hand_over() == {} and store.flying == []  # nothing held: no layer
+
+    # what is read from a layer in flight is changed in place by the next step: the layer is
+    # still written as it was handed over
+    store["BTC"] = {"ind": {"win": [1.0]}}
+    layer = store.hand_over()
+    state = store["BTC"]["ind"]
+    state["win"].append(2.0)
+    store["BTC"] = {"ind": state}
+    assert layer == {"BTC": {"ind": {"win": [1.0]}}}
+    store.apply(layer)
+    assert table["BTC"] == {"ind": {"win": [1.0]}} and store["BTC"] == {"ind": {"win": [1.0, 2.0]}}
+
+
+def test_state_is_stored_after_its_acks_in_step_order_while_the_stream_goes_on(monkeypatch):
+    import asyncio
+    import weakref
+
+    from faust.streams import _current_event
+    from faust.types import TP
+
+    import app.main as main
+    from processors.base import WriteBehind
+
+    class Event:
+        def __init__(self, partition: int, offset: int) -> None:
+            self.message = type("M", (), {"tp": TP("t", partition), "topic": "t", "partition": partition,
+                                          "offset": offset})()
+
+    class Table(dict):
+        """Notes the event each write was made in (a Faust table picks its partition from it)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list = []
+
+        def __setitem__(self, key, value) -> None:
+            ref = _current_event.get(None)
+            self.writes.append((key, value, ref() if ref is not None else None))
+            super().__setitem__(key, value)
+
+    reported: list = []
+
+    async def report_error(agent, message, exc, decoded=None):
+        reported.append((agent, message.offset, type(exc).__name__))
+
+    monkeypatch.setattr(main, "report_error", report_error)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        table, stored = Table(), Observed()
+        store = WriteBehind(table)
+        queue = main.StoreAfterAcks("ticks", (store,), stored=stored)
+        e1, e2, e3 = Event(0, 1), Event(1, 7), Event(0, 2)
+        acks = [loop.create_future() for _ in range(3)]
+        done: list = []
+
+        async def step(event, key, value, sends):
+            token = _current_event.set(weakref.ref(event))
+            try:
+                async with queue.step() as pending:
+                    store[key] = value
+                    pending.extend(sends)
+            finally:
+                _current_event.reset(token)
+
+        await step(e1, "BTC", 1, [acks[0]])
+        await step(e2, "ETH", 1, [acks[1]])
+        queue.after(lambda: done.append("e1's bar stored"), e1)
+        await step(e3, "BTC", 2, [acks[2], None])
+        assert table == {} and store["BTC"] == 2 and store["ETH"] == 1 and len(queue) == 4
+        acks[2].set_result(None)  # a later step's acks first: nothing is written out of turn
+        acks[1].set_result(None)
+        await asyncio.sleep(0)
+        assert table == {} and done == []
+        acks[0].set_exception(RuntimeError("broker refused"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        # every layer written in step order, each inside its own step's event
+        assert [(k, v, e) for k, v, e in table.writes] == [("BTC", 1, e1), ("ETH", 1, e2), ("BTC", 2, e3)]
+        assert done == ["e1's bar stored"] and len(queue) == 0 and len(stored.seen) == 3
+        assert reported == [("ticks", 1, "RuntimeError")]  # the failed send, reported as survive would
+
+        # a revoked partition's layers and callbacks are dropped; the others are written
+        ack4, ack5 = loop.create_future(), loop.create_future()
+        await step(Event(0, 3), "BTC", 3, [ack4])
+        await step(Event(1, 8), "ETH", 2, [ack5])
+        queue.after(lambda: done.append("revoked"), Event(0, 3))
+        queue.after(lambda: done.append("kept"), Event(1, 8))
+        queue.on_revoked({TP("t", 0)})
+        assert store["BTC"] == 2 and store["ETH"] == 2
+        ack4.set_result(None)
+        ack5.set_result(None)
+        await asyncio.sleep(0)
+        assert table["BTC"] == 2 and table["ETH"] == 2 and done[-1] == "kept" and "revoked" not in done
+        assert len(queue) == 0 and store.flying == []
+
+    asyncio.run(run())
